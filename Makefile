@@ -1,0 +1,42 @@
+# fleetpulse — `make up` runs the system, `make test` runs the tests.
+SHELL := /bin/bash
+UV ?= python3 -m uv
+RUN := $(UV) run --frozen
+PYTEST_WORKERS ?= 3
+
+.PHONY: bootstrap services up test test-unit check lint format bench lock clean-db
+
+bootstrap:  ## Python toolchain and the locked virtualenv
+	@bash scripts/bootstrap.sh
+
+services:  ## PostgreSQL 15 + TimescaleDB and RabbitMQ, started if missing (idempotent)
+	@bash scripts/services.sh
+
+up: bootstrap services  ## the whole system on this machine
+	$(RUN) fleetpulse db upgrade
+	$(RUN) fleetpulse up
+
+test: bootstrap services  ## the whole suite against real services, with line coverage
+	$(RUN) pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(RUN) pytest tests/unit $(PYTEST_ARGS)
+
+check: bootstrap  ## ruff, mypy --strict, import-linter
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) lint-imports
+
+format:
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+bench: bootstrap services  ## every benchmark; each prints JSON
+	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+lock:
+	$(UV) lock
+
+clean-db:  ## drop databases left behind by interrupted test runs
+	@psql -h 127.0.0.1 -U postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'fleetpulse_test_%' OR datname LIKE 'fleetpulse_bench_%'" | while read -r d; do psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE \"$$d\" WITH (FORCE)"; echo "dropped $$d"; done

@@ -1,0 +1,188 @@
+"""``fleetpulse ...``: parse arguments, load settings once, hand over. Wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from fleetpulse import __version__
+from fleetpulse.config import Settings, load_settings
+from fleetpulse.errors import ConfigError, FleetpulseError, ServiceUnavailable
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _agent(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.agent import run_agent
+
+    return run_agent(settings)
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.agent import run_simulate
+
+    return run_simulate(
+        settings,
+        agents=args.agents,
+        profile=args.profile,
+        interval_s=args.interval,
+        seed=args.seed,
+        duration_s=args.duration,
+    )
+
+
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.ingest import run_ingest
+
+    return run_ingest(settings)
+
+
+def _agent_credentials(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.ingest import create_agent_credentials
+
+    return create_agent_credentials(
+        settings, name=args.name, agent_id=args.agent_id, password=args.password
+    )
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.api import run_api
+
+    return run_api(settings)
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.api import run_status
+
+    return run_status(settings, api_url=args.api_url, token=args.token)
+
+
+def _up(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.up import run_up
+
+    return run_up(
+        settings,
+        config_path=args.config,
+        simulated_agents=args.agents,
+        local_agent=not args.no_local_agent,
+        interval_s=args.interval,
+    )
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.analysis import run_export
+
+    return run_export(settings, since=args.since, until=args.until, out=args.out)
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse import store
+
+    url = settings.database.url
+    if args.action == "upgrade":
+        created = store.ensure_database(url)
+        store.upgrade(url, args.revision or "head")
+        note = " (database created)" if created else ""
+        print(f"database at revision {store.current_revision(url)}{note}")
+    elif args.action == "downgrade":
+        store.downgrade(url, args.revision or "base")
+        print(f"database at revision {store.current_revision(url) or 'base'}")
+    else:
+        print(f"current {store.current_revision(url) or 'base'}, head {store.head_revision()}")
+    return 0
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetpulse", description="Capacity and liveness for fleets of GPU workstations."
+    )
+    parser.add_argument("--version", action="version", version=f"fleetpulse {__version__}")
+    parser.add_argument(
+        "--config", help="TOML settings file (default: ./fleetpulse.toml if present)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("agent", _agent, "run the desktop agent on this machine")
+    simulate = command("simulate", _simulate, "run many simulated agents in one process")
+    simulate.add_argument("--agents", type=int, default=3, help="how many agents (default 3)")
+    simulate.add_argument(
+        "--profile",
+        choices=["mixed", "gpu-high", "gpu-low", "cpu-only", "seed"],
+        default="mixed",
+        help="resource profile of the fleet (default mixed)",
+    )
+    simulate.add_argument("--interval", type=float, default=None, help="heartbeat interval in s")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed of the mixed fleet")
+    simulate.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    command("ingest", _ingest, "consume heartbeats into TimescaleDB and detect silence")
+    command("api", _api, "serve the capacity API and Prometheus metrics")
+    status = command("status", _status, "print the fleet as a table")
+    status.add_argument("--api-url", default=None, help="API base URL (default from settings)")
+    status.add_argument("--token", default=None, help="bearer token, if the API requires one")
+    up = command("up", _up, "run the whole system on this machine")
+    up.add_argument("--agents", type=int, default=6, help="simulated agents (default 6)")
+    up.add_argument("--interval", type=float, default=5.0, help="heartbeat interval in s")
+    up.add_argument("--no-local-agent", action="store_true", help="do not run a real agent")
+    export = command("export", _export, "write agent samples to a Parquet file")
+    export.add_argument("--since", type=_timestamp, required=True)
+    export.add_argument("--until", type=_timestamp, default=None)
+    export.add_argument("--out", required=True, help="output .parquet path")
+    db = command("db", _db, "schema migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    db.add_argument("revision", nargs="?", default=None)
+    admin = commands.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True, metavar="ADMIN"
+    )
+    creds = admin.add_parser(
+        "agent-credentials", help="create a RabbitMQ user that may only publish heartbeats"
+    )
+    creds.set_defaults(handler=_agent_credentials)
+    creds.add_argument("name", help="the RabbitMQ user name")
+    creds.add_argument("--agent-id", default=None, help="restrict to this agent's routing keys")
+    creds.add_argument("--password", default=None, help="default: generated and printed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+        handler: Handler = args.handler
+        return handler(settings, args)
+    except ConfigError as exc:
+        print(f"fleetpulse: config error: {exc}", file=sys.stderr)
+        return 2
+    except ServiceUnavailable as exc:
+        print(f"fleetpulse: {exc}", file=sys.stderr)
+        return 1
+    except FleetpulseError as exc:
+        print(f"fleetpulse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

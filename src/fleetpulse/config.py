@@ -1,0 +1,235 @@
+"""Settings: one TOML file plus ``FLEETPULSE_<SECTION>_<KEY>`` environment overrides.
+
+Read once at the entry point (:func:`load_settings`) and passed down as typed, frozen
+structs. A value that does not parse raises :class:`ConfigError` with one line naming
+the setting, where it came from and the value. Secrets are masked in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from fleetpulse.errors import ConfigError
+
+__all__ = [
+    "AgentSettings",
+    "AmqpSettings",
+    "ApiSettings",
+    "DatabaseSettings",
+    "IngestSettings",
+    "Settings",
+    "load_settings",
+    "mask_url",
+]
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
+
+DEFAULT_CONFIG_FILE: Final = "fleetpulse.toml"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and error lines."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class AmqpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    management_url: str = "http://guest:guest@127.0.0.1:15672"
+
+    def __repr__(self) -> str:
+        return (
+            f"AmqpSettings(url={mask_url(self.url)!r}, "
+            f"management_url={mask_url(self.management_url)!r})"
+        )
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "postgresql://postgres@127.0.0.1:5432/fleetpulse"
+    pool_min_size: PositiveInt = 1
+    pool_max_size: PositiveInt = 10
+    connect_timeout_s: Positive = 5.0
+
+    def __repr__(self) -> str:
+        return (
+            f"DatabaseSettings(url={mask_url(self.url)!r}, pool_min_size={self.pool_min_size}, "
+            f"pool_max_size={self.pool_max_size}, connect_timeout_s={self.connect_timeout_s})"
+        )
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str | None = None
+    pool: str | None = None
+    hostname: str | None = None
+    state_dir: str = "~/.local/state/fleetpulse"
+    heartbeat_interval_s: Positive = 30.0
+    gpu_timeout_s: Positive = 2.0
+    gpu_respawn_max_s: Positive = 60.0
+    spool_max_bytes: PositiveInt = 64 * 1024 * 1024
+    reconnect_initial_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+    confirm_timeout_s: Positive = 10.0
+    goodbye_timeout_s: Positive = 2.0
+
+
+class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    offline_after_s: Positive = 90.0
+    offline_check_interval_s: Positive = 5.0
+    prefetch: PositiveInt = 2000
+    batch_max_messages: PositiveInt = 1000
+    batch_max_age_s: Positive = 0.05
+    retry_initial_s: Positive = 0.2
+    retry_max_s: Positive = 10.0
+    require_user_id: bool = False
+    default_gpu_pool: str = "gpu"
+    default_cpu_pool: str = "cpu"
+    retention_days: NonNegative = 30.0
+    retention_check_interval_s: Positive = 3600.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port = 9101
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    auth_tokens: list[str] = []
+    capacity_refresh_interval_s: NonNegative = 1.0
+    metrics_refresh_interval_s: Positive = 5.0
+    metrics_per_agent_limit: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    history_max_points: PositiveInt = 10_000
+
+    def __repr__(self) -> str:
+        tokens = f"[{len(self.auth_tokens)} masked]" if self.auth_tokens else "[]"
+        return f"ApiSettings(host={self.host!r}, port={self.port}, auth_tokens={tokens}, ...)"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    amqp: AmqpSettings = AmqpSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    agent: AgentSettings = AgentSettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+
+
+_SECTIONS: Final[dict[str, type[msgspec.Struct]]] = {
+    "amqp": AmqpSettings,
+    "database": DatabaseSettings,
+    "agent": AgentSettings,
+    "ingest": IngestSettings,
+    "api": ApiSettings,
+}
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _from_env(raw: str, field_type: Any) -> Any:
+    """Environment values are strings; lists are comma-separated, empty means None."""
+    if raw == "" and _accepts_none(field_type):
+        return None
+    if _is_list(field_type):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _accepts_none(field_type: Any) -> bool:
+    return "None" in repr(field_type)
+
+
+def _is_list(field_type: Any) -> bool:
+    return repr(field_type).startswith("list[")
+
+
+def _shown(name: str, value: Any) -> str:
+    secret = name in {"url", "management_url", "auth_tokens"}
+    if secret and isinstance(value, str):
+        return repr(mask_url(value))
+    if secret:
+        return "<masked>"
+    return repr(value)
+
+
+def _build_section(
+    section: str,
+    cls: type[_S],
+    from_file: Mapping[str, Any],
+    environ: Mapping[str, str],
+    source: str,
+) -> _S:
+    known = {f.name: f for f in msgspec.structs.fields(cls)}
+    for key in from_file:
+        if key not in known:
+            raise ConfigError(f"unknown setting {section}.{key} in {source}")
+    values: dict[str, Any] = {}
+    for name, info in known.items():
+        env_name = f"FLEETPULSE_{section}_{name}".upper()
+        if env_name in environ:
+            raw: Any = _from_env(environ[env_name], info.type)
+            origin = f"environment {env_name}"
+        elif name in from_file:
+            raw = from_file[name]
+            origin = source
+        else:
+            continue
+        try:
+            values[name] = msgspec.convert(raw, info.type, strict=origin == source)
+        except msgspec.ValidationError as exc:
+            reason = str(exc).split(" - at ")[0]
+            raise ConfigError(
+                f"setting {section}.{name} from {origin} = {_shown(name, raw)}: {reason}"
+            ) from None
+    return cls(**values)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the TOML file (explicit path, else ``$FLEETPULSE_CONFIG``, else
+    ``./fleetpulse.toml`` if present) and apply environment overrides."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get("FLEETPULSE_CONFIG")
+    document: dict[str, Any] = {}
+    source = "defaults"
+    if chosen is not None or Path(DEFAULT_CONFIG_FILE).is_file():
+        file = Path(chosen if chosen is not None else DEFAULT_CONFIG_FILE)
+        source = str(file)
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {source}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in {source} must be a table")
+
+    def build(name: str, cls: type[_S]) -> _S:
+        return _build_section(name, cls, document.get(name, {}), env, source)
+
+    return Settings(
+        amqp=build("amqp", AmqpSettings),
+        database=build("database", DatabaseSettings),
+        agent=build("agent", AgentSettings),
+        ingest=build("ingest", IngestSettings),
+        api=build("api", ApiSettings),
+    )

@@ -1,0 +1,101 @@
+"""The schema on a real TimescaleDB: hypertables, indexes, idempotent migrations."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from fleetpulse import store
+from fleetpulse.config import DatabaseSettings
+from fleetpulse.errors import ServiceUnavailable
+from tests.conftest import with_database
+
+
+def test_hypertables_exist_on_timescaledb(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables ORDER BY 1"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["agent_samples", "gpu_samples"]
+
+
+def test_capacity_and_silence_indexes_exist(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'agent_registry'"
+        ).fetchall()
+    defs = dict(rows)
+    assert "WHERE (status = 'online'::text)" in defs["agent_registry_capacity"]
+    assert "last_heartbeat_at" in defs["agent_registry_silence"]
+
+
+def test_upgrade_is_idempotent_and_downgrade_reverses(db_admin_url: str, worker_id: str) -> None:
+    url = with_database(db_admin_url, f"fleetpulse_test_migrate_{worker_id}")
+    with psycopg.connect(db_admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(url.rsplit("/", 1)[1])
+            )
+        )
+    try:
+        assert store.ensure_database(url) is True
+        assert store.ensure_database(url) is False
+        store.upgrade(url)
+        store.upgrade(url)
+        assert store.current_revision(url) == store.head_revision()
+        store.downgrade(url, "base")
+        assert store.current_revision(url) is None
+        with psycopg.connect(url) as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM pg_tables"
+                " WHERE tablename LIKE 'agent_%' OR tablename = 'gpu_samples'"
+            ).fetchone()
+        assert left == (0,)
+        store.upgrade(url)
+        assert store.current_revision(url) == store.head_revision()
+    finally:
+        with psycopg.connect(db_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(url.rsplit("/", 1)[1])
+                )
+            )
+
+
+def test_duplicate_sample_violates_uniqueness(db_url: str) -> None:
+    insert = """INSERT INTO agent_samples (agent_id, sampled_at, received_at, seq, hostname,
+        pool_name, work_state, cpu_load_1m, cpu_load_5m, cpu_load_15m, cpu_cores,
+        cpu_available_cores, mem_total_gb, mem_available_gb, gpu_type, gpu_count,
+        gpu_vram_total_gb, gpu_vram_available_gb)
+        VALUES ('3f0c1a7e-8d4b-4c2a-9f1e-2b3c4d5e6f70', '2026-11-24T04:00:00Z', now(), 1, 'h',
+        'cpu', 'idle', 0, 0, 0, 4, 4, 8, 8, 'none', 0, 0, 0)"""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(insert)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert)
+
+
+async def test_database_detects_apache_or_timescale_edition(db_url: str) -> None:
+    async with store.Database(DatabaseSettings(url=db_url)) as db:
+        assert db.state == "open"
+        assert db.edition in {"apache", "timescale"}
+        async with db.connection() as conn:
+            cur = await conn.execute("SHOW timescaledb.license")
+            row = await cur.fetchone()
+        assert row is not None
+        assert db.edition == ("timescale" if row[0] == "timescale" else "apache")
+    assert db.state == "closed"
+
+
+async def test_unreachable_database_is_one_clear_line() -> None:
+    settings = DatabaseSettings(
+        url="postgresql://postgres:pw@127.0.0.1:1/fleetpulse", connect_timeout_s=1
+    )
+    with pytest.raises(ServiceUnavailable) as info:
+        await store.Database(settings).open()
+    message = str(info.value)
+    assert "127.0.0.1:1" in message
+    assert "pw" not in message
+    assert "make services" in message
+    assert "\n" not in message
