@@ -24,7 +24,7 @@
 set -Eeuo pipefail
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-export LC_ALL=C
+export LC_ALL=C.UTF-8   # stable (English) tool output; also the locale a cluster created by apt's postinst gets
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 
@@ -38,7 +38,7 @@ PG_CONF_DIR=/etc/postgresql/$PG_MAJOR/main
 PG_DROPIN=$PG_CONF_DIR/conf.d/95-fleetpulse.conf
 PG_EXT_DIR=/usr/share/postgresql/$PG_MAJOR/extension
 PG_LIB_DIR=/usr/lib/postgresql/$PG_MAJOR/lib
-HBA_MARK="added by fleetpulse scripts/services.sh"
+MARK="added by fleetpulse scripts/services.sh"
 
 TSDB_SUITE=trixie                 # Debian suite whose *source* package we build (2.19.x, Apache-2 only, +dfsg)
 TSDB_SERIES=2.19
@@ -75,7 +75,7 @@ log() { printf '%s\n' "$*" >&3; }
 log "== $(date -u +%FT%TZ) $SCRIPT (uid $EUID)"
 
 # run CMD...: run a command, its output goes to the log only
-run() { log "+ $*"; "$@" </dev/null >&3 2>&3; }
+run() { log "+ $*"; "$@" </dev/null >&3 2>&3 9>&-; }
 # run_daemon CMD...: same, for commands that leave a daemon behind: it must inherit neither the log pipe
 # (fd 3, a pipe in verbose mode) nor the lock (fd 9), nor our stdout/stderr (callers may read them via a pipe)
 run_daemon() { log "+ $*"; "$@" </dev/null >>"$LOG" 2>&1 3>&- 9>&-; }
@@ -123,7 +123,7 @@ tsdb_files_present() { [[ -f $PG_EXT_DIR/timescaledb.control && -f $PG_LIB_DIR/t
 has_timescaledb() { [[ ",${1// /}," == *,timescaledb,* || ",${1// /}," == *,\"timescaledb\",* ]]; }
 
 # ----------------------------------------------------------------------------------------------- probes
-# Each probe sets *_LINE to the "already fine" description on success.
+# Each probe returns 0 when that service is fine, and sets *_INFO (what the status line says about it).
 PG_INFO="" PG_PROBLEM="" PG_VERNUM=""
 probe_postgresql() {
     local out ver spl maxc telem lic ext
@@ -196,7 +196,7 @@ become_root() {
         exec sudo -n env SERVICES_VERBOSE="${SERVICES_VERBOSE:-0}" CI="${CI:-}" "$SCRIPT" "$@"
     fi
     SVC=services
-    fail "something needs installing/starting and that needs root" "run 'sudo $SCRIPT' (or as root)"
+    fail "not ready: $NOT_READY; fixing that needs root" "run 'sudo $SCRIPT' (or run it as root)"
 }
 
 # -------------------------------------------------------------------------------------------------- apt
@@ -210,7 +210,9 @@ apt_update() {
 }
 apt_lists_present() { compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; }
 tsdb_source_known() {
-    apt-cache showsrc --only-source timescaledb 2>/dev/null | grep -q "^Version: $TSDB_SERIES\."
+    local out
+    out=$(apt-cache showsrc --only-source timescaledb 2>/dev/null) || return 1
+    grep -q "^Version: $TSDB_SERIES\." <<<"$out"
 }
 INSTALLED=()
 apt_install() { # apt_install PKG... (only the missing ones; update first only when the lists can't serve them)
@@ -219,22 +221,24 @@ apt_install() { # apt_install PKG... (only the missing ones; update first only w
     (( ${#missing[@]} )) || return 0
     SVC=apt
     apt_lists_present || apt_update
+    # run_daemon: maintainer scripts may start services, which must not inherit our log pipe or lock
     local cmd=(env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${missing[@]}")
-    if ! run "${cmd[@]}"; then
+    if ! run_daemon "${cmd[@]}"; then
         if (( APT_UPDATED )); then
             fail "apt-get install ${missing[*]} failed" "run 'apt-get install ${missing[*]}' by hand to see why"
         fi
         log "install failed with the current package lists; updating them and retrying"
         apt_update
-        run "${cmd[@]}" || fail "apt-get install ${missing[*]} failed" "run 'apt-get install ${missing[*]}' by hand to see why"
+        run_daemon "${cmd[@]}" || fail "apt-get install ${missing[*]} failed" "run 'apt-get install ${missing[*]}' by hand to see why"
     fi
     INSTALLED+=("${missing[@]}")
 }
 
 # The machine's Debian mirror, as used for bookworm in /etc/apt/sources.list(.d) (one-line and deb822 format)
-debian_mirror() {
-    local files=() f uri
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+debian_mirror() { # [FILE...] (default: the machine's apt sources)
+    local files=() f uri=""
+    (( $# )) || set -- /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources
+    for f in "$@"; do
         [[ -f $f && $f != "$TSDB_SRC_LIST" ]] && files+=("$f")
     done
     if (( ${#files[@]} )); then
@@ -272,13 +276,13 @@ setup_tsdb_source() {
     mirror=$(debian_mirror)
     mirror=${mirror%/}
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] && signed="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-    want="# $HBA_MARK: Debian $TSDB_SUITE *sources* only, to build timescaledb (binaries pinned away in $TSDB_PIN)
+    want="# $MARK: Debian $TSDB_SUITE *sources* only, to build timescaledb (binaries pinned away in $TSDB_PIN)
 deb-src ${signed}${mirror} $TSDB_SUITE main"
     if [[ ! -f $TSDB_SRC_LIST || $(<"$TSDB_SRC_LIST") != "$want" ]]; then
         log "writing $TSDB_SRC_LIST (mirror $mirror)"
         printf '%s\n' "$want" >"$TSDB_SRC_LIST"
     fi
-    want="Explanation: $HBA_MARK: $TSDB_SUITE is configured for deb-src only; never install its binary packages
+    want="Explanation: $MARK: $TSDB_SUITE is configured for deb-src only; never install its binary packages
 Package: *
 Pin: release n=$TSDB_SUITE
 Pin-Priority: -1"
@@ -293,8 +297,9 @@ Pin-Priority: -1"
 TSDB_BUILT=""
 build_timescaledb() {
     SVC=postgresql
-    local t0=$SECONDS src ver
+    local t0=$SECONDS src ver d
     HINT="check the log; the build dir is $TSDB_BUILD_ROOT"
+    setup_tsdb_source
     tsdb_source_known || apt_update
     SVC=postgresql
     tsdb_source_known || fail "no timescaledb $TSDB_SERIES.x source package in Debian $TSDB_SUITE (deb-src $TSDB_MIRROR)" \
@@ -304,7 +309,8 @@ build_timescaledb() {
     cd "$TSDB_BUILD_ROOT"
     HINT="check the deb-src entry in $TSDB_SRC_LIST and that dpkg-dev is installed"
     run apt-get "${APT_OPTS[@]}" source "timescaledb/$TSDB_SUITE"
-    src=$(find "$TSDB_BUILD_ROOT" -mindepth 1 -maxdepth 1 -type d -name 'timescaledb-*' | head -n 1)
+    src=""
+    for d in "$TSDB_BUILD_ROOT"/timescaledb-*/; do [[ -d $d ]] && { src=${d%/}; break; }; done
     [[ -n $src && -f $src/version.config ]] || fail "apt-get source timescaledb/$TSDB_SUITE unpacked nothing usable in $TSDB_BUILD_ROOT" "see the log"
     ver=$(sed -n 's/^version *= *//p' "$src/version.config")
     [[ $ver == "$TSDB_SERIES".* ]] || fail "Debian $TSDB_SUITE now ships timescaledb $ver, not $TSDB_SERIES.x" "update TSDB_SERIES in $SCRIPT"
@@ -320,6 +326,8 @@ build_timescaledb() {
     tsdb_files_present || fail "timescaledb $ver built but $PG_EXT_DIR/timescaledb.control or $PG_LIB_DIR/timescaledb.so is missing" "see the log"
     TSDB_BUILT="built timescaledb $ver (apache, Debian $TSDB_SUITE source) in $((SECONDS - t0)) s"
     log "$TSDB_BUILT"
+    printf 'timescaledb %s from %s (Debian %s source), built %s in %s s against %s\n' "$ver" "${src##*/}" \
+        "$TSDB_SUITE" "$(date -u +%FT%TZ)" "$((SECONDS - t0))" "$PG_BIN/pg_config" >"$TSDB_BUILD_ROOT/BUILD_INFO"
 }
 
 # ----------------------------------------------------------------------------------------------- postgresql
@@ -382,12 +390,12 @@ pg_ensure_trust() { # psql -h 127.0.0.1 -U postgres must work without a password
     tcp_psql -c 'SELECT 1' >&3 2>&3 && return 0
     hba=$(admin_psql -c 'SHOW hba_file' 2>&3) ||
         fail "cannot connect as postgres, neither via TCP nor via the unix socket" "check $PG_CONF_DIR/pg_hba.conf"
-    if grep -qF "$HBA_MARK" "$hba"; then
+    if grep -qF "$MARK" "$hba"; then
         fail "psql -h $PG_HOST -U postgres fails although $hba has our trust lines" "check $hba and the server log"
     fi
     log "adding trust lines for 127.0.0.1/32 and ::1/128 at the top of $hba"
     tmp=$(mktemp)
-    { printf '# %s: the fleetpulse test suite connects as postgres over TCP without a password\n' "$HBA_MARK"
+    { printf '# %s: the fleetpulse test suite connects as postgres over TCP without a password\n' "$MARK"
       printf 'host    all    all    127.0.0.1/32    trust\n'
       printf 'host    all    all    ::1/128         trust\n\n'
       cat "$hba"; } >"$tmp"
@@ -404,6 +412,7 @@ pg_ensure_trust() { # psql -h 127.0.0.1 -U postgres must work without a password
 
 ensure_postgresql() {
     SVC=postgresql
+    HINT="see the log and /var/log/postgresql/postgresql-$PG_MAJOR-main.log"
     PG_ACTIONS=()
     if probe_postgresql; then
         echo "postgresql: already running with $PG_INFO"
@@ -419,7 +428,7 @@ ensure_postgresql() {
     # cluster
     if [[ ! -f $PG_CONF_DIR/postgresql.conf ]]; then
         HINT="see the log; 'pg_lsclusters' shows what exists"
-        run pg_createcluster "$PG_MAJOR" main
+        run pg_createcluster --locale=C.UTF-8 "$PG_MAJOR" main
         PG_ACTIONS+=("created cluster $PG_MAJOR/main")
     fi
 
@@ -486,6 +495,7 @@ rabbitmq_start() {
 
 ensure_rabbitmq() {
     SVC=rabbitmq
+    HINT="see the log and /var/log/rabbitmq/"
     local actions=() i out t0=$SECONDS
     if probe_rabbitmq; then
         echo "rabbitmq: already running, management plugin enabled ($RMQ_INFO)"
@@ -495,7 +505,7 @@ ensure_rabbitmq() {
     have rabbitmq-server || fail "rabbitmq-server is not installed" "apt-get install rabbitmq-server"
     have curl || fail "curl is not installed" "apt-get install curl"
 
-    HINT="see /var/log/rabbitmq/ (if the node name rabbit@$(hostname -s) does not resolve, put NODENAME=rabbit@localhost in /etc/rabbitmq/rabbitmq-env.conf)"
+    HINT="see /var/log/rabbitmq/ (if the node name rabbit@${HOSTNAME%%.*} does not resolve, put NODENAME=rabbit@localhost in /etc/rabbitmq/rabbitmq-env.conf)"
     if ! tcp_open "$RMQ_HOST" "$RMQ_AMQP_PORT"; then
         # node down: enable the plugin offline first so a single start brings up AMQP and the API
         out=$(rabbitmq-plugins enable --offline rabbitmq_management </dev/null 2>&1) ||
@@ -568,6 +578,7 @@ stop_debian_prometheus() { # the package's postinst may have enabled/started it;
 
 ensure_tools() {
     SVC=tools
+    HINT="apt-get install --no-install-recommends prometheus docker-compose curl; systemctl disable --now prometheus"
     local actions=() p
     for p in prometheus docker-compose curl; do
         [[ " ${INSTALLED[*]} " == *" $p "* ]] && actions+=("installed $p")
@@ -598,6 +609,12 @@ main() {
         return 0
     fi
 
+    local notready=()
+    (( pg_ok )) || notready+=("postgresql (${PG_PROBLEM:-nothing answers psql -h $PG_HOST -p $PG_PORT -U postgres})")
+    (( rmq_ok )) || notready+=("rabbitmq ($RMQ_API_URL does not answer)")
+    (( tools_ok )) || notready+=("tools (prometheus/promtool/docker-compose/curl missing or Debian prometheus service enabled)")
+    log "not ready: ${notready[*]}"
+    NOT_READY=$(join_actions "${notready[@]}")
     become_root "$@"
     exec 9>"$LOCK_FILE"
     flock -w 3600 9 || fail "another scripts/services.sh run holds $LOCK_FILE for over an hour" "wait for it or remove the lock"
