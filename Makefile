@@ -3,6 +3,7 @@ SHELL := /bin/bash
 UV ?= python3 -m uv
 RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 3
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: bootstrap services up test test-unit check lint format bench lock clean-db
 

@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Trust the machine's certificate store (a proxy with its own CA is common in fleets' networks).
+export UV_SYSTEM_CERTS=1
+if [ -z "${SSL_CERT_FILE:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then
+    export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
+
 if ! python3 -m uv --version >/dev/null 2>&1; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
