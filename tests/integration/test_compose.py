@@ -82,8 +82,7 @@ def test_dependencies_wait_for_health_or_completion(compose: dict[str, Any]) -> 
     assert services["migrate"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
     for name in ("ingest", "api"):
         assert (
-            services[name]["depends_on"]["migrate"]["condition"]
-            == "service_completed_successfully"
+            services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         )
     assert services["ingest"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
