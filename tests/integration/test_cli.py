@@ -12,7 +12,7 @@ from psycopg import sql
 from fleetpulse import __version__, store
 from fleetpulse.cli import build_parser, main
 
-from ..conftest import with_database
+from tests.conftest import with_database
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

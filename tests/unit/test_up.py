@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fleetpulse.config import Settings
 from fleetpulse.up import _children, fleet_summary
 
@@ -46,15 +48,16 @@ def test_summary_of_empty_fleet() -> None:
     assert fleet_summary([]).startswith("agents 0 online, 0 offline | pools -")
 
 
-def test_children_start_in_dependency_order(tmp_path: Path) -> None:
+def test_children_start_in_dependency_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S", raising=False)
     children = _children(Settings(), "f.toml", 4, True, 2.0, tmp_path)
     assert [c.name for c in children] == ["ingest", "api", "agent", "simulate"]
     simulate = children[-1].argv
     assert simulate[-6:] == ["--agents", "4", "--profile", "mixed", "--interval", "2.0"]
     assert all(c.argv[3:5] == ["--config", "f.toml"] for c in children)
-    assert children[2].env["FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S"] in {"2.0"} or (
-        "FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S" in children[2].env
-    )
+    assert children[2].env["FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S"] == "2.0"
     assert all(c.log_path.parent == tmp_path for c in children)
 
 
