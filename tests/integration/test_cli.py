@@ -11,7 +11,6 @@ from psycopg import sql
 
 from fleetpulse import __version__, store
 from fleetpulse.cli import build_parser, main
-
 from tests.conftest import with_database
 
 
