@@ -29,6 +29,8 @@ __all__ = ["Child", "fleet_summary", "run_up"]
 STOP_TIMEOUT_S: Final = 10.0
 READY_TIMEOUT_S: Final = 60.0
 SUMMARY_INTERVAL_S: Final = 2.0
+# Without these the system is down; agents may come and go.
+ESSENTIAL: Final = frozenset({"ingest", "api"})
 
 
 @dataclass
@@ -199,12 +201,20 @@ def run_up(
                 flush=True,
             )
         last_line = ""
+        reported: set[str] = set()
         next_summary = 0.0
         while failure is None and not stopping:
             for child in children:
                 code = child.exit_code()
-                if code is not None:
+                if code is None or child.name in reported:
+                    continue
+                if child.name in ESSENTIAL:
                     failure = f"{child.name} exited with code {code}; see {child.log_path}"
+                else:
+                    reported.add(child.name)
+                    print(
+                        f"{child.name} exited with code {code}; the rest keep running", flush=True
+                    )
             now = time.monotonic()
             if failure is None and now >= next_summary:
                 next_summary = now + SUMMARY_INTERVAL_S
@@ -223,4 +233,4 @@ def run_up(
     if failure is not None:
         print(f"fleetpulse up: {failure}", file=sys.stderr)
         return 1
-    return 0 if all(code == 0 for _, code in codes) else 1
+    return 0 if all(code == 0 for name, code in codes if name in ESSENTIAL) else 1
