@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.timeout(120)
@@ -176,4 +177,9 @@ def test_ctrl_c_stops_everything_with_exit_0(up: Up, up_env: dict[str, str]) -> 
     assert up.process.wait(60) == 0, up.output()
     assert "stopped: simulate (0), agent (0), api (0), ingest (0)" in up.output()
     # The real agent said goodbye: it is offline with reason shutdown, not silence.
-    # (The API is stopped now; the events are in the database the test owns.)
+    with psycopg.connect(up_env["FLEETPULSE_DATABASE_URL"]) as conn:
+        row = conn.execute(
+            "SELECT r.status, e.reason FROM agent_registry r JOIN agent_status_events e"
+            " USING (agent_id) WHERE r.pool_name = 'workstation' ORDER BY e.id DESC LIMIT 1"
+        ).fetchone()
+    assert row == ("offline", "shutdown")
