@@ -68,6 +68,11 @@ def _time_range(column: str, since: datetime | None, until: datetime | None) -> 
     return " AND ".join(clauses) or "TRUE"
 
 
+def _probe(url: str) -> None:
+    with map_db_errors(url):
+        psycopg.connect(url, connect_timeout=3).close()
+
+
 @contextmanager
 def _mapped_errors(url: str) -> Iterator[None]:
     """Engines raise their own errors; a failed read is probed once to tell an unreachable
@@ -75,8 +80,7 @@ def _mapped_errors(url: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # connectorx and adbc_driver_manager share no base to name
-        with map_db_errors(url):
-            psycopg.connect(url, connect_timeout=3).close()
+        _probe(url)
         raise StoreError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
 
 
@@ -94,6 +98,9 @@ def read_sql(url: str, query: str, *, engine: Engine = DEFAULT_ENGINE) -> pl.Dat
     """Run one query and return its rows as a DataFrame."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "connectorx":
+        # connectorx waits 30 s for a server that is not there; one quick probe says so first.
+        _probe(url)
     with _mapped_errors(url):
         frame = pl.read_database_uri(query, url, engine=engine)
     return _normalise(frame)
