@@ -73,8 +73,14 @@ class Stack:
 
     def query(self, expr: str) -> dict[str, Any]:
         response = self.prometheus.get("/api/v1/query", params={"query": expr})
+        if response.status_code == 503:  # still replaying its (empty) write-ahead log
+            return {"status": "starting"}
         body: dict[str, Any] = response.json()
         return body
+
+    def close(self) -> None:
+        self.prometheus.close()
+        self.api.close()
 
     def series(self, expr: str) -> list[dict[str, Any]]:
         body = self.query(expr)
@@ -129,8 +135,8 @@ def stack(db_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Stack]:
         subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         for cmd, log in zip(commands, logs, strict=True)
     ]
+    running = Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{api_port}")
     try:
-        running = Stack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{api_port}")
         wait_for(
             "both fleetpulse targets to be up in Prometheus",
             lambda: len(running.series('up{job=~"fleetpulse-.*"} == 1')) == 2,
@@ -149,6 +155,7 @@ def stack(db_url: str, amqp_url: str, tmp_path: Path) -> Iterator[Stack]:
             print(f"--- {cmd[-1] if cmd[0] == prometheus_bin else ' '.join(cmd[2:])}\n{tail}")
         raise
     finally:
+        running.close()
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
         for proc in reversed(procs):
