@@ -2,7 +2,7 @@
 
 Seeds its own ``fleetpulse_bench_*`` database with ``ROWS`` agent_samples rows (one
 INSERT ... SELECT over generate_series), loads them ``RUNS`` times with connectorx and
-with ADBC through :func:`fleetpulse.analysis.load_agent_samples`, prints JSON with the
+with ADBC (interleaved) through :func:`fleetpulse.analysis.load_agent_samples`, prints JSON with the
 median and every run, and drops the database.
 
     python bench/polars_load.py [--rows 1000000] [--runs 5]
@@ -71,20 +71,27 @@ def main() -> int:
             conn.execute("VACUUM ANALYZE agent_samples")
             rows = conn.execute("SELECT count(*) FROM agent_samples").fetchone()
         seed_s = time.perf_counter() - started
-        results: dict[str, dict[str, object]] = {}
         for engine in analysis.ENGINES:
             analysis.load_agent_samples(url, engine=engine)  # warm the cache and the driver
-            runs = []
-            for _ in range(args.runs):
+        # Rounds alternate which engine goes first, so load from elsewhere hits both alike.
+        runs: dict[str, list[float]] = {engine: [] for engine in analysis.ENGINES}
+        shapes: dict[str, tuple[int, int]] = {}
+        for n in range(args.runs):
+            order = analysis.ENGINES if n % 2 == 0 else tuple(reversed(analysis.ENGINES))
+            for engine in order:
                 t0 = time.perf_counter()
                 frame = analysis.load_agent_samples(url, engine=engine)
-                runs.append(time.perf_counter() - t0)
+                runs[engine].append(time.perf_counter() - t0)
+                shapes[engine] = frame.shape
+        results: dict[str, dict[str, object]] = {}
+        for engine, times in runs.items():
+            median = statistics.median(times)
             results[engine] = {
-                "median_s": round(statistics.median(runs), 3),
-                "rows_per_s": round(frame.height / statistics.median(runs)),
-                "runs_s": [round(r, 3) for r in runs],
-                "rows": frame.height,
-                "columns": frame.width,
+                "median_s": round(median, 3),
+                "rows_per_s": round(shapes[engine][0] / median),
+                "runs_s": [round(r, 3) for r in times],
+                "rows": shapes[engine][0],
+                "columns": shapes[engine][1],
             }
         fastest = min(results, key=lambda e: float(str(results[e]["median_s"])))
         print(

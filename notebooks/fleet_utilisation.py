@@ -50,8 +50,8 @@ since = until - timedelta(days=DAYS)
 # %% [markdown]
 # ## Load the history
 #
-# Samples straight into polars (connectorx by default; `bench/polars_load.py` compares it
-# with ADBC on a million rows).
+# Samples straight into polars (ADBC by default; `bench/polars_load.py` compares it with
+# connectorx on a million rows).
 
 # %%
 started = time.perf_counter()
