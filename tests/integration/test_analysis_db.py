@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from fleetpulse import analysis
+from fleetpulse import analysis, store
 from fleetpulse.cli import main
 from fleetpulse.errors import ServiceUnavailable, StoreError
 from tests.fixtures.dash import SeededFleet, seed_fleet
@@ -99,3 +100,17 @@ def test_a_refused_query_is_a_store_error(db_url: str) -> None:
         analysis.read_sql(db_url, "SELECT * FROM no_such_table")
     with pytest.raises(ServiceUnavailable):
         analysis.read_sql("postgresql://postgres@127.0.0.1:1/x", "SELECT 1", engine="adbc")
+
+
+@pytest.mark.skipif(
+    not hasattr(store, "fetch_reliability"), reason="the API's store.fetch_reliability not merged"
+)
+async def test_reliability_matches_the_api_store_query(db_url: str, fleet: SeededFleet) -> None:
+    events = analysis.load_status_events(db_url)
+    registry = analysis.load_registry(db_url)
+    for now in (fleet.now, fleet.now - timedelta(hours=30), fleet.now - timedelta(minutes=30)):
+        ours = analysis.reliability(events, registry, now=now)
+        async with await store.connect(db_url) as conn:
+            api = await store.fetch_reliability(conn, now=now)
+        assert {uuid.UUID(a): r for a, r in zip(ours["agent_id"], ours["reliability"], strict=True)
+                if r is not None} == pytest.approx(api, abs=1e-6)  # fmt: skip

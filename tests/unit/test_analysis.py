@@ -201,12 +201,12 @@ def test_reliability_counts_repeated_online_events_once() -> None:
     assert result["reliability"].item() == pytest.approx(0.8)
 
 
-def test_an_agent_without_events_is_never_online() -> None:
+def test_an_agent_without_events_has_unknown_reliability_as_in_the_api() -> None:
     ev = events(("a", 0, None, "online", "first_heartbeat"))
     result = analysis.reliability(ev, registry(a=0, b=0), now=at(10))
     assert dict(zip(result["agent_id"], result["reliability"], strict=True)) == {
         "a": 1.0,
-        "b": 0.0,
+        "b": None,
     }
 
 

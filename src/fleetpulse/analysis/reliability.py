@@ -79,7 +79,8 @@ def rolling_reliability(
 ) -> pl.DataFrame:
     """Each agent's reliability over the ``window`` before each instant from ``start`` to
     ``end`` in steps of ``every``. Columns: agent_id, hostname, pool_name, at,
-    online_s, judged_s, reliability (null before the agent was first seen)."""
+    online_s, judged_s, reliability (null before the agent was first seen, or while it
+    has no status event)."""
     times = pl.DataFrame(
         {"at": pl.datetime_range(utc(start), utc(end), every, eager=True, time_zone="UTC")}
     ).with_columns(pl.col("at").cast(_US))
@@ -104,8 +105,10 @@ def _reliability_at(
     last = times.get_column("at").max()
     assert isinstance(last, datetime)
     online = status_intervals(events, until=last).filter(pl.col("status") == "online")
+    first_event = events.group_by("agent_id").agg(first_event_at=pl.col("at").min().cast(_US))
     judged = (
         registry.select("agent_id", "hostname", "pool_name", pl.col("first_seen_at").cast(_US))
+        .join(first_event, on="agent_id", how="left")
         .join(times, how="cross")
         .with_columns(
             from_=pl.max_horizontal(pl.col("at") - window, pl.col("first_seen_at")),
@@ -133,9 +136,10 @@ def _reliability_at(
             / 1e6,
         )
         .with_columns(
-            reliability=pl.when(pl.col("judged_s") > 0).then(
-                pl.col("online_s") / pl.col("judged_s")
-            )
+            # Unknown, as the API says, until there is time to judge and an event to go by.
+            reliability=pl.when(
+                (pl.col("judged_s") > 0) & (pl.col("first_event_at") <= pl.col("at"))
+            ).then((pl.col("online_s") / pl.col("judged_s")).clip(upper_bound=1.0))
         )
         .select("agent_id", "hostname", "pool_name", "at", "online_s", "judged_s", "reliability")
         .sort("hostname", "at")
