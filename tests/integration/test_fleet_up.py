@@ -68,6 +68,11 @@ class Up:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    def close(self) -> None:
+        self._reader.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
     def output(self) -> str:
         return "\n".join(self.lines)
 
@@ -107,6 +112,8 @@ def up(up_env: dict[str, str]) -> Iterator[Up]:
             running.process.wait(30)
         except subprocess.TimeoutExpired:
             running.process.kill()
+            running.process.wait()
+    running.close()
 
 
 def test_up_runs_the_fleet_and_stops_cleanly(up: Up, up_env: dict[str, str]) -> None:
