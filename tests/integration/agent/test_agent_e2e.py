@@ -9,6 +9,7 @@ What ingest and the API do with them is tested on their side.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from datetime import timedelta
@@ -104,7 +105,7 @@ async def test_periodic_heartbeats_on_a_fake_clock(
             await inbox.wait_heartbeats(n)
     beats = inbox.heartbeats
     assert [b.seq for b in beats] == [0, 1, 2, 3, 4]
-    gaps = {(b.sampled_at - a.sampled_at).total_seconds() for a, b in zip(beats, beats[1:])}
+    gaps = {(b.sampled_at - a.sampled_at).total_seconds() for a, b in itertools.pairwise(beats)}
     assert gaps == {1.0}
 
 

@@ -120,7 +120,9 @@ async def test_no_driver_is_reported_once_and_costs_nothing_after(
     caplog.set_level("INFO", logger="fleetpulse.agent.gpu")
     probe = GpuCollector(timeout_s=2.0)  # the real pynvml: this machine has no NVIDIA driver
     clock = FakeClock()
-    agent = Agent(agent_settings(amqp_url, tmp_path), collectors=[HostCollector(), probe], clock=clock)
+    agent = Agent(
+        agent_settings(amqp_url, tmp_path), collectors=[HostCollector(), probe], clock=clock
+    )
     async with running(agent):
         await inbox.wait_heartbeats(1)
         await eventually(lambda: clock.sleepers > 0)
@@ -186,13 +188,15 @@ async def test_a_restart_with_a_full_spool_delivers_it_first(
         offline = agent_settings(via_port(amqp_url, dead.port), tmp_path, goodbye_timeout_s=0.3)
         first = Agent(offline, collectors=[FakeHostCollector()], clock=clock)
         async with running(first):
-            for n in range(1, 3):
+            for _n in range(1, 3):
                 await eventually(lambda: clock.sleepers > 0)
                 await clock.advance(1.0)
             await eventually(lambda: first.spool.depth == 3, what="3 spooled")
         assert not first.goodbye_sent
     sampled = [clock.now() - timedelta(seconds=k) for k in (2, 1, 0)]
-    second = Agent(agent_settings(amqp_url, tmp_path), collectors=[FakeHostCollector()], clock=clock)
+    second = Agent(
+        agent_settings(amqp_url, tmp_path), collectors=[FakeHostCollector()], clock=clock
+    )
     async with running(second):
         beats = await inbox.wait_heartbeats(4)
     assert first.identity == second.identity
