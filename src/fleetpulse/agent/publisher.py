@@ -91,6 +91,7 @@ class Publisher:
         self._exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._failing = False
         self.connections_total = 0
         self.reconnects_total = 0
         self.published_total = 0
@@ -165,8 +166,15 @@ class Publisher:
                 reason = str(exc) or type(exc).__name__
                 if self.connected.is_set():
                     log.warning("broker connection lost (%s); spooling", reason)
+                elif not self._failing:
+                    log.warning(
+                        "broker at %s unreachable (%s); spooling, retrying with backoff",
+                        mask_url(self.url),
+                        reason,
+                    )
                 else:
-                    log.debug("broker unreachable at %s (%s)", mask_url(self.url), reason)
+                    log.debug("broker still unreachable (%s)", reason)
+                self._failing = True
             self.connected.clear()
             await self._disconnect()
             await asyncio.sleep(self._backoff.next())
@@ -185,6 +193,7 @@ class Publisher:
             self.reconnects_total += 1
             log.info("reconnected to the broker; %d samples spooled", self._spool.depth)
         self._backoff.reset()
+        self._failing = False
         self.connected.set()
 
     def _on_close(self, *_: Any) -> None:

@@ -56,7 +56,8 @@ async def test_agent_starts_connects_and_declares_the_exchange(
     amqp_url: str, tmp_path: Path
 ) -> None:
     clock = FakeClock()
-    async with running(fake_agent(amqp_url, tmp_path, clock)) as agent:
+    # nothing is bound yet, so the sample stays spooled: a short goodbye budget
+    async with running(fake_agent(amqp_url, tmp_path, clock, goodbye_timeout_s=0.2)) as agent:
         assert agent.publisher is not None
         await asyncio.wait_for(agent.publisher.connected.wait(), 10)
         connection = await aio_pika.connect(amqp_url)
