@@ -175,6 +175,8 @@ class Publisher:
                 else:
                     log.debug("broker still unreachable (%s)", reason)
                 self._failing = True
+            except Exception:  # a bug must not stop delivery for good: log it, reconnect
+                log.exception("publisher failed unexpectedly; reconnecting")
             self.connected.clear()
             await self._disconnect()
             await asyncio.sleep(self._backoff.next())
@@ -245,7 +247,13 @@ class Publisher:
             self._spool.remove(corrupt)
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=self.confirm_timeout_s)
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=self.confirm_timeout_s)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for task in pending:
             task.cancel()
         if pending:
