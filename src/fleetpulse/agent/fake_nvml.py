@@ -5,7 +5,8 @@ Its behaviour is a scenario (a dict; in the probe child it comes as JSON from
 
     {"absent": false,               # nvmlInit fails as if no driver were installed
      "init_error": null,            # an NVML error code nvmlInit raises instead
-     "hang": null,                  # "init" or "sample": block forever, like a wedged driver
+     "hang": null,                  # "import", "init" or "sample": block forever there,
+                                    #   like a wedged driver (or a stuck interpreter)
      "hang_after": 0,               # with "sample": samples answered before hanging
      "hang_marker": null,           # a path: hang only while the file does not exist yet
                                     #   (created on hanging), so a respawned probe recovers
@@ -151,6 +152,9 @@ class FakeNvml:
 
 
 _default: FakeNvml | None = None
+
+if json.loads(os.environ.get(ENV, "{}")).get("hang") == "import":
+    _block_forever()
 
 
 def __getattr__(name: str) -> Any:

@@ -218,7 +218,9 @@ class Agent:
         budget = self.settings.agent.goodbye_timeout_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        flushed = await self.publisher.flush(budget)
+        # with the broker away there is nothing to wait for: the spool keeps it all
+        connected = self.publisher.connected.is_set()
+        flushed = connected and await self.publisher.flush(budget)
         if not flushed:
             log.warning("stopping with %d samples spooled for next time", self.spool.depth)
         goodbye = build_goodbye(self.identity, seq=self.spool.next_seq(), sent_at=self.clock.now())

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from fleetpulse.errors import ConfigError
+
 __all__ = ["MemorySpool", "Spool", "SpoolEntry", "SqliteSpool"]
 
 
@@ -98,13 +100,18 @@ class SqliteSpool:
     def __init__(self, path: str | Path, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        count, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM spool"
-        ).fetchone()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM spool"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"spool {self.path} cannot be used ({exc}); move it away to start empty"
+            ) from None
         self._depth, self._bytes = int(count), int(size)
         self._dropped = self._meta("dropped_total")
 

@@ -4,8 +4,10 @@ processes, real signals, exit codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,37 @@ async def test_agent_process_stops_cleanly_on_a_signal(
     assert beats[0].pool == "render"
     assert beats[0].resource_metrics.cpu_cores == os.cpu_count()
     assert beats[1].seq == beats[0].seq + 1
+
+
+async def test_agent_process_with_the_broker_down_spools_and_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "FLEETPULSE_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+        "FLEETPULSE_AGENT_STATE_DIR": str(tmp_path),
+        "FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S": "0.1",
+    }
+    proc = await _spawn("agent", env=env)
+
+    def spooled() -> int:
+        if not (tmp_path / "spool.sqlite3").exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(tmp_path / "spool.sqlite3")) as db:
+            try:
+                return int(db.execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    try:
+        await eventually(lambda: spooled() >= 3, timeout_s=20, what="3 samples spooled")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, stderr.decode()
+    assert time.monotonic() - started < 3.0
+    assert spooled() >= 3
+    assert b"unreachable" in stderr
 
 
 async def test_simulate_process_runs_for_its_duration(amqp_url: str, inbox: Inbox) -> None:

@@ -114,6 +114,26 @@ async def test_a_crashing_probe_is_reported_and_respawned(tmp_path: Path) -> Non
     assert probe.failures_total == 1
 
 
+async def test_a_probe_that_never_starts_is_waited_for_then_killed() -> None:
+    probe = GpuCollector(
+        timeout_s=0.1, start_timeout_s=0.4, nvml_module="fake_nvml",
+        env=scenario_env({"hang": "import"}), respawn_initial_s=5.0,
+    )  # fmt: skip
+    try:
+        starting = await probe.collect()  # spawns; the interpreter is not ready yet
+        assert starting.errors == ("gpu: probe starting",)
+        assert probe.failures_total == 0  # starting is not a probe failure
+        await eventually(lambda: probe._monotonic() - probe._spawned_at > 0.4)
+        killed = await probe.collect()
+        assert killed.errors == ("gpu: probe did not start within 0.4s",)
+        assert probe.failures_total == 1
+        waiting = await probe.collect()  # in backoff: no new child yet
+        assert waiting.errors == ("gpu: probe restarting after: probe did not start within 0.4s",)
+        assert probe.spawns_total == 1
+    finally:
+        await probe.close()
+
+
 async def test_no_driver_is_reported_once_and_costs_nothing_after(
     amqp_url: str, tmp_path: Path, inbox: Inbox, caplog: pytest.LogCaptureFixture
 ) -> None:

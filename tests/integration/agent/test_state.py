@@ -44,6 +44,13 @@ def test_sqlite_spool_drops_the_oldest_past_its_bound_and_remembers(tmp_path: Pa
     again.close()
 
 
+def test_a_corrupt_spool_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match=r"spool\.sqlite3 cannot be used"):
+        SqliteSpool(path)
+
+
 def test_agent_id_is_generated_once_and_kept(tmp_path: Path) -> None:
     with StateDir(tmp_path / "state") as state:
         first = state.agent_id()
