@@ -3,7 +3,7 @@
 ``nvml_probe.py`` runs as a child; each ``collect()`` asks it for one sample and waits
 at most ``timeout_s``. A late, crashed or failing probe costs that heartbeat its GPU
 part only (``gpu_type: "none"``, zeros, the reason in ``errors``): a late child is
-killed with SIGKILL and respawned after a capped, jittered backoff. A child that is
+terminated (SIGKILL after a grace period) and respawned after a capped, jittered backoff. A child that is
 still starting its interpreter is not killed by the sample timeout (that is Python,
 not NVML), only after ``start_timeout_s``. No driver at all is reported once, at
 INFO, and the collector then costs nothing.
@@ -35,6 +35,7 @@ __all__ = ["PROBE_SCRIPT", "GpuCollector"]
 log = logging.getLogger(__name__)
 
 PROBE_SCRIPT = Path(__file__).with_name("nvml_probe.py")
+KILL_GRACE_S = 0.5  # between SIGTERM and SIGKILL of a late probe
 
 
 class GpuCollector:
@@ -101,8 +102,8 @@ class GpuCollector:
         self._ready = asyncio.ensure_future(self._proc.stdout.readline())
 
     def _kill(self) -> None:
-        """SIGKILL, then reap in the background: a child wedged in the driver may take a
-        while to die and the heartbeat does not wait for it."""
+        """SIGTERM, SIGKILL after a grace period, reaped in the background: a child wedged
+        in the driver may take a while to die and the heartbeat does not wait for it."""
         proc, ready = self._proc, self._ready
         self._proc = self._ready = None
         if proc is None:
@@ -110,15 +111,20 @@ class GpuCollector:
         if ready is not None and not ready.done():
             ready.cancel()
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            proc.terminate()
         reaper = asyncio.ensure_future(self._reap(proc))
         self._reapers.add(reaper)
         reaper.add_done_callback(self._reapers.discard)
 
     @staticmethod
     async def _reap(proc: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=10.0)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=10.0)
 
     def _failed(self, reason: str, *, counted: bool = True) -> Contribution:
         if counted:
