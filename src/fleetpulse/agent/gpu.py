@@ -3,10 +3,10 @@
 ``nvml_probe.py`` runs as a child; each ``collect()`` asks it for one sample and waits
 at most ``timeout_s``. A late, crashed or failing probe costs that heartbeat its GPU
 part only (``gpu_type: "none"``, zeros, the reason in ``errors``): a late child is
-terminated (SIGKILL after a grace period) and respawned after a capped, jittered backoff. A child that is
-still starting its interpreter is not killed by the sample timeout (that is Python,
-not NVML), only after ``start_timeout_s``. No driver at all is reported once, at
-INFO, and the collector then costs nothing.
+terminated (SIGKILL after a grace period, in the background) and respawned after a
+capped, jittered backoff. A child still starting its interpreter is not killed by the
+sample timeout (that is Python, not NVML), only after ``start_timeout_s``. No driver
+at all is reported once, at INFO, and the collector then costs nothing.
 """
 
 from __future__ import annotations
@@ -68,7 +68,13 @@ class GpuCollector:
         self.spawns_total = 0
 
     async def __aenter__(self) -> Self:
-        await self._spawn()
+        """Start the probe and wait for its interpreter (not for NVML) up to
+        ``start_timeout_s``, so the first heartbeat can already carry GPU metrics."""
+        try:
+            await self._spawn()
+        except OSError as exc:
+            self._fail_and_respawn_later(f"gpu: cannot start the probe: {exc}")
+            return self
         assert self._ready is not None
         await asyncio.wait({self._ready}, timeout=self.start_timeout_s)
         return self
@@ -149,7 +155,10 @@ class GpuCollector:
                     f"gpu: probe restarting after: {self._last_error.removeprefix('gpu: ')}",
                     counted=False,
                 )
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as exc:
+                return self._fail_and_respawn_later(f"gpu: cannot start the probe: {exc}")
         proc, ready = self._proc, self._ready
         assert proc is not None
         assert ready is not None
@@ -162,7 +171,7 @@ class GpuCollector:
                     )
                 return self._failed("gpu: probe starting", counted=False)
         if ready.cancelled() or ready.exception() is not None or not ready.result():
-            return await self._exited(proc)
+            return await self._exited(proc, deadline)
         try:
             line = await asyncio.wait_for(
                 self._exchange(proc), timeout=max(0.001, deadline - self._monotonic())
@@ -170,9 +179,9 @@ class GpuCollector:
         except TimeoutError:
             return self._fail_and_respawn_later(f"gpu: timeout after {self.timeout_s:g}s")
         except (ConnectionError, BrokenPipeError):
-            return await self._exited(proc)
+            return await self._exited(proc, deadline)
         if not line:
-            return await self._exited(proc)
+            return await self._exited(proc, deadline)
         return self._parse(line)
 
     @staticmethod
@@ -183,11 +192,15 @@ class GpuCollector:
         await proc.stdin.drain()
         return await proc.stdout.readline()
 
-    async def _exited(self, proc: asyncio.subprocess.Process) -> Contribution:
+    async def _exited(self, proc: asyncio.subprocess.Process, deadline: float) -> Contribution:
+        """The probe closed its output: report its exit code if it comes within the deadline."""
+        code: int | None
         try:
-            code = await asyncio.wait_for(proc.wait(), timeout=0.5)
+            code = await asyncio.wait_for(
+                proc.wait(), timeout=max(0.0, deadline - self._monotonic())
+            )
         except TimeoutError:
-            code = None
+            code = proc.returncode
         return self._fail_and_respawn_later(f"gpu: probe exited with code {code}")
 
     def _parse(self, line: bytes) -> Contribution:
