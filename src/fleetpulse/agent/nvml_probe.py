@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -163,4 +164,7 @@ def main(argv: list[str], stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group; the agent decides when the probe ends
+    # (SIGTERM, or EOF on stdin when the agent itself is gone).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(main(sys.argv))

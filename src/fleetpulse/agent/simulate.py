@@ -6,7 +6,8 @@ Due agents are handled in slots of ``slot_s``; their heartbeats go into one boun
 in-memory spool that one publisher drains with confirms, so an outage is ridden out
 the same way as by the real agent (within the spool's bound, not across restarts).
 ``seq`` is ``floor(start_epoch / interval) + k``: one up per sample, and still rising
-after a restart of the simulation.
+after a restart of the simulation. Simulated agents declare no pool, so ingest files
+them under its default ``gpu``/``cpu`` pools (``agent.pool`` is the real agent's).
 """
 
 from __future__ import annotations
@@ -50,10 +51,9 @@ class Simulator:
         self.interval_s = interval_s or settings.agent.heartbeat_interval_s
         self.clock: Clock = clock or SystemClock()
         self.fleet: list[Machine] = build_fleet(profile, agents, seed=seed)
-        pool = settings.agent.pool
-        self.identities = [
-            Identity(agent_id=m.agent_id, hostname=m.hostname, pool=pool) for m in self.fleet
-        ]
+        # Simulated agents declare no pool (ingest files them under gpu/cpu):
+        # ``agent.pool`` belongs to the real agent that may run beside them.
+        self.identities = [Identity(agent_id=m.agent_id, hostname=m.hostname) for m in self.fleet]
         slots = max(1, min(agents, math.ceil(self.interval_s / slot_s)))
         self._slots: list[list[int]] = [[] for _ in range(slots)]
         for index in range(agents):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fleetpulse.agent import FakeClock, Simulator
@@ -120,6 +121,9 @@ async def test_simulated_seed_fleet_is_spread_over_the_interval(
 ) -> None:
     clock = FakeClock()
     settings = agent_settings(amqp_url, tmp_path)
+    settings = msgspec.structs.replace(
+        settings, agent=msgspec.structs.replace(settings.agent, pool="workstation")
+    )
     simulator = Simulator(settings, agents=4, profile="seed", interval_s=1.0, clock=clock)
     start = clock.now()
     async with simulator:
@@ -143,6 +147,7 @@ async def test_simulated_seed_fleet_is_spread_over_the_interval(
     assert first_round["sim-seed-00002"].gpu_type == "none"
     assert first_round["sim-seed-00002"].cpu_available_cores == 8
     assert first_round["sim-seed-00003"].gpu_vram_available_gb == 8.0  # cycles
+    assert {b.pool for b in beats} == {None}  # agent.pool is the real agent's, not theirs
     seqs = {}
     for beat in beats:
         seqs.setdefault(beat.agent_id, []).append(beat.seq)

@@ -4,6 +4,7 @@ with a full spool, a broker with nowhere to route to yet (DESIGN.md section 7)."
 from __future__ import annotations
 
 import asyncio
+import signal
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -103,6 +104,16 @@ async def test_one_lost_gpu_marks_only_that_device(
     assert metrics.gpus[2].temp_c is None
     assert metrics.gpus[0].power_w == 31.5
     assert metrics.errors == ["gpu 1: GPU is lost"]
+
+
+async def test_the_probe_ignores_a_ctrl_c_meant_for_the_agent() -> None:
+    async with gpu(2.0, {"devices": [DEVICE]}) as probe:
+        await probe.collect()
+        assert probe._proc is not None
+        probe._proc.send_signal(signal.SIGINT)  # what a terminal sends the process group
+        again = await probe.collect()
+    assert again.errors == ()
+    assert probe.spawns_total == 1
 
 
 async def test_a_crashing_probe_is_reported_and_respawned(tmp_path: Path) -> None:
