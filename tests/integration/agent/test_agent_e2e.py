@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -29,6 +30,7 @@ from fleetpulse.agent import (
 from fleetpulse.config import load_settings
 from fleetpulse.errors import ConfigError
 from fleetpulse.messages import EXCHANGE, GpuMetrics, Heartbeat
+from tests.conftest import RabbitAdmin
 from tests.fixtures.agent import Inbox, agent_settings, eventually, running
 
 pytestmark = pytest.mark.timeout(30)
@@ -306,3 +308,40 @@ async def test_invalid_pool_stops_the_agent_at_start(amqp_url: str, tmp_path: Pa
     with pytest.raises(ConfigError, match=r"agent\.pool"):
         async with fake_agent(amqp_url, tmp_path, FakeClock(), pool="Not A Pool"):
             pass  # pragma: no cover
+
+
+async def test_an_agent_with_publish_only_credentials_is_enough(
+    amqp_url: str, amqp_vhost: str, rabbit_admin: RabbitAdmin, tmp_path: Path, inbox: Inbox
+) -> None:
+    """The least a broker user needs: configure+write on the heartbeat exchange, its own
+    routing keys; ``user_id`` on every message is that user, as the broker validates."""
+    user = f"agent-{uuid.uuid4().hex[:8]}"
+    agent_id = uuid.uuid4()
+    vhost = quote(amqp_vhost, safe="")
+    client = rabbit_admin.client
+    client.put(f"/api/users/{user}", json={"password": "s3cret", "tags": ""}).raise_for_status()
+    try:
+        client.put(
+            f"/api/permissions/{vhost}/{user}",
+            json={"configure": "^fleetpulse\\.heartbeats$", "write": "^fleetpulse\\.heartbeats$",
+                  "read": "^$"},
+        ).raise_for_status()  # fmt: skip
+        client.put(
+            f"/api/topic-permissions/{vhost}/{user}",
+            json={"exchange": EXCHANGE, "write": f"^heartbeat\\.[^.]+\\.{agent_id}$", "read": "^$"},
+        ).raise_for_status()
+        parts = urlsplit(amqp_url)
+        url = urlunsplit(parts._replace(netloc=f"{user}:s3cret@{parts.hostname}:{parts.port}"))
+        agent = Agent(
+            agent_settings(url, tmp_path, id=str(agent_id), pool="render"),
+            collectors=[FakeHostCollector()],
+            clock=FakeClock(),
+        )
+        async with running(agent):
+            [beat] = await inbox.wait_heartbeats(1)
+        await inbox.wait_goodbyes(1)
+    finally:
+        client.delete(f"/api/users/{user}")
+    assert beat.agent_id == agent_id
+    assert {r.properties.user_id for r in inbox.received} == {user}
+    assert agent.goodbye_sent
