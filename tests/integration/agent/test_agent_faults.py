@@ -60,7 +60,7 @@ async def test_a_gpu_probe_that_hangs_forever_lets_heartbeats_out_on_time(
     assert "gpu: timeout after 0.25s" in {e for b in beats for e in b.resource_metrics.errors}
     # drift-corrected: the grid holds although every collection waited out the timeout
     offsets = [(b.sampled_at - beats[0].sampled_at).total_seconds() for b in beats[:4]]
-    assert all(abs(o - i * interval_s) < 0.2 for i, o in enumerate(offsets))
+    assert all(abs(o - i * interval_s) < 0.3 for i, o in enumerate(offsets))  # not 0.75 apart
     failures = [b.agent_stats.gpu_probe_failures_total for b in beats[:4]]  # type: ignore[union-attr]
     assert failures == sorted(failures)
     assert failures[-1] >= 3
