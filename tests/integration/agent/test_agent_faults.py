@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sys
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -119,6 +120,20 @@ async def test_the_probe_ignores_a_ctrl_c_meant_for_the_agent() -> None:
         again = await probe.collect()
     assert again.errors == ()
     assert probe.spawns_total == 1
+
+
+async def test_a_probe_that_cannot_be_started_is_an_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    probe = GpuCollector(timeout_s=0.5, respawn_initial_s=0.01, respawn_max_s=0.01)
+    async with probe:
+        assert probe.failures_total == 1  # at start: logged, counted, the agent runs on
+        await eventually(lambda: probe._respawn_at <= probe._monotonic())
+        again = await probe.collect()
+    assert again.gpu_failed
+    assert again.errors[0].startswith("gpu: cannot start the probe: ")
+    assert probe.spawns_total == 0
 
 
 async def test_a_crashing_probe_is_reported_and_respawned(tmp_path: Path) -> None:
