@@ -81,10 +81,13 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     state_dir: str = "~/.local/state/fleetpulse"
     heartbeat_interval_s: Positive = 30.0
     gpu_timeout_s: Positive = 2.0
+    gpu_respawn_initial_s: Positive = 0.5
     gpu_respawn_max_s: Positive = 60.0
+    gpu_nvml_module: str = "pynvml"
     spool_max_bytes: PositiveInt = 64 * 1024 * 1024
     reconnect_initial_s: Positive = 0.5
     reconnect_max_s: Positive = 30.0
+    connect_timeout_s: Positive = 10.0
     confirm_timeout_s: Positive = 10.0
     goodbye_timeout_s: Positive = 2.0
 

@@ -1,0 +1,236 @@
+"""The agent: sample on a drift-corrected schedule, spool, publish, say goodbye.
+
+``Agent(settings)`` is an async context manager that owns, in order, the state dir
+(lock, id), the spool, the collectors and the publisher; ``run()`` samples every
+``heartbeat_interval_s`` on a fixed grid (a slow collection never shifts the next
+tick; a tick missed entirely is skipped) until ``request_stop()``, then flushes the
+spool and sends a goodbye within ``goodbye_timeout_s``. Collectors and the clock can
+be injected for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+from fleetpulse.agent.clock import Clock, SystemClock
+from fleetpulse.agent.collectors import Collector, Contribution, HostCollector
+from fleetpulse.agent.gpu import GpuCollector
+from fleetpulse.agent.heartbeat import (
+    Identity,
+    build_goodbye,
+    build_heartbeat,
+    resource_metrics,
+)
+from fleetpulse.agent.publisher import Publisher
+from fleetpulse.agent.spool import Spool, SqliteSpool
+from fleetpulse.agent.state import StateDir, resolve_identity
+from fleetpulse.config import Settings
+from fleetpulse.messages import AgentStats, Heartbeat, encode
+
+__all__ = ["Agent", "default_collectors", "wait_first"]
+
+log = logging.getLogger(__name__)
+
+
+async def wait_first(main: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Await ``main`` unless ``stop`` is set first; True if ``main`` finished."""
+    main_task = asyncio.ensure_future(main)
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (main_task, stop_task):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(main_task, stop_task, return_exceptions=True)
+    return main_task.done() and not main_task.cancelled()
+
+
+def default_collectors(settings: Settings) -> list[Collector]:
+    agent = settings.agent
+    return [
+        HostCollector(),
+        GpuCollector(
+            timeout_s=agent.gpu_timeout_s,
+            respawn_initial_s=agent.gpu_respawn_initial_s,
+            respawn_max_s=agent.gpu_respawn_max_s,
+            nvml_module=agent.gpu_nvml_module,
+        ),
+    ]
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        collectors: Sequence[Collector] | None = None,
+        clock: Clock | None = None,
+        spool: Spool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self._collectors = list(collectors) if collectors is not None else None
+        self._spool = spool
+        self._stop = asyncio.Event()
+        self._stack = AsyncExitStack()
+        self.identity: Identity | None = None
+        self.publisher: Publisher | None = None
+        self.samples_total = 0
+        self.gpu_probe_failures_total = 0
+        self.last_heartbeat: Heartbeat | None = None
+        self.goodbye_sent = False
+
+    @property
+    def spool(self) -> Spool:
+        assert self._spool is not None, "enter the agent first"
+        return self._spool
+
+    @property
+    def collectors(self) -> list[Collector]:
+        assert self._collectors is not None, "enter the agent first"
+        return self._collectors
+
+    async def __aenter__(self) -> Self:
+        agent = self.settings.agent
+        stack = self._stack
+        try:
+            state = stack.enter_context(StateDir(agent.state_dir))
+            self.identity = resolve_identity(agent, state)
+            if self._spool is None:
+                self._spool = SqliteSpool(state.spool_path, agent.spool_max_bytes)
+            stack.callback(self._spool.close)
+            if self._collectors is None:
+                self._collectors = default_collectors(self.settings)
+            for collector in self._collectors:
+                if hasattr(collector, "__aenter__"):
+                    await stack.enter_async_context(collector)  # type: ignore[arg-type]
+            self.publisher = await stack.enter_async_context(
+                Publisher(
+                    self.settings.amqp.url,
+                    self._spool,
+                    now=self.clock.now,
+                    reconnect_initial_s=agent.reconnect_initial_s,
+                    reconnect_max_s=agent.reconnect_max_s,
+                    connect_timeout_s=agent.connect_timeout_s,
+                    confirm_timeout_s=agent.confirm_timeout_s,
+                )
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        log.info(
+            "agent %s (%s, pool %s) started; %d samples spooled from before",
+            self.identity.agent_id,
+            self.identity.hostname,
+            self.identity.pool or "default",
+            self._spool.depth,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        """Sample until ``request_stop()``, then flush and say goodbye (bounded)."""
+        interval = self.settings.agent.heartbeat_interval_s
+        next_at = self.clock.monotonic()
+        while not self._stop.is_set():
+            await self.sample_once()
+            next_at += interval
+            now = self.clock.monotonic()
+            if next_at <= now:
+                skipped = math.floor((now - next_at) / interval) + 1
+                log.warning("collection overran %d heartbeat interval(s)", skipped)
+                next_at += skipped * interval
+            await wait_first(self.clock.sleep_until(next_at), self._stop)
+        await self.farewell()
+
+    async def _collect(self) -> list[Contribution]:
+        results = await asyncio.gather(
+            *(c.collect() for c in self.collectors), return_exceptions=True
+        )
+        parts: list[Contribution] = []
+        for collector, result in zip(self.collectors, results, strict=True):
+            if isinstance(result, Contribution):
+                parts.append(result)
+            elif isinstance(result, Exception):
+                name = type(collector).__name__
+                parts.append(Contribution(errors=(f"{name}: {type(result).__name__}: {result}",)))
+            else:
+                raise result
+        return parts
+
+    async def sample_once(self) -> Heartbeat:
+        """One sample into the spool; the publisher takes it from there."""
+        assert self.identity is not None
+        assert self.publisher is not None
+        sampled_at = self.clock.now()
+        started = time.perf_counter()
+        parts = await self._collect()
+        collect_ms = (time.perf_counter() - started) * 1000.0
+        self.gpu_probe_failures_total += sum(1 for p in parts if p.gpu_failed)
+        spool = self.spool
+        stats = AgentStats(
+            collect_ms=round(collect_ms, 3),
+            spool_depth=spool.depth,
+            dropped_total=spool.dropped_total,
+            reconnects_total=self.publisher.reconnects_total,
+            gpu_probe_failures_total=self.gpu_probe_failures_total,
+        )
+        heartbeat = build_heartbeat(
+            self.identity,
+            seq=spool.next_seq(),
+            sampled_at=sampled_at,
+            metrics=resource_metrics(parts),
+            stats=stats,
+        )
+        spool.push(encode(heartbeat))
+        self.publisher.wake()
+        self.samples_total += 1
+        self.last_heartbeat = heartbeat
+        return heartbeat
+
+    async def farewell(self) -> bool:
+        """Flush what the broker will take and send a goodbye, all within
+        ``goodbye_timeout_s``; True if the goodbye was confirmed."""
+        assert self.identity is not None
+        assert self.publisher is not None
+        budget = self.settings.agent.goodbye_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        # with the broker away there is nothing to wait for: the spool keeps it all
+        connected = self.publisher.connected.is_set()
+        flushed = connected and await self.publisher.flush(budget)
+        if not flushed:
+            log.warning("stopping with %d samples spooled for next time", self.spool.depth)
+        goodbye = build_goodbye(self.identity, seq=self.spool.next_seq(), sent_at=self.clock.now())
+        remaining = max(0.05, deadline - loop.time())
+        self.goodbye_sent = await self.publisher.send_direct(
+            encode(goodbye), self.identity.routing_key, remaining
+        )
+        log.info(
+            "agent %s stopped (goodbye %s)",
+            self.identity.agent_id,
+            "sent" if self.goodbye_sent else "not delivered",
+        )
+        return self.goodbye_sent
