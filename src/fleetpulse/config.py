@@ -104,6 +104,10 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retention_check_interval_s: Positive = 3600.0
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
+    drain_timeout_s: Positive = 10.0
+    queue_depth_interval_s: Positive = 5.0
+    detector_enabled: bool = True
+    sweep_limit: PositiveInt = 100_000
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
