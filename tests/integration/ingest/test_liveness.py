@@ -63,7 +63,8 @@ async def test_agent_offline_after_90s_no_heartbeat(
         await wait_until(lambda: rec.heartbeats == 1)
         clock.advance(90.5)
         await wait_until(lambda: status(db_url, agent) == "offline", what="silence")
-        assert det is not None and det.transitions == 1
+        assert det is not None
+        assert det.transitions == 1
     row = query(db_url, "SELECT status_changed_at FROM agent_registry")[0]
     assert row[0] == clock.now
     assert events(db_url, agent)[-1] == ("online", "offline", "silence")
@@ -222,7 +223,8 @@ async def test_two_ingests_one_detector_acting(
         running_ingest(settings, clock=clock, detector=True, name="ingest-a") as (_, rec_a, det_a),
         running_ingest(settings, clock=clock, detector=True, name="ingest-b") as (_, rec_b, det_b),
     ):
-        assert det_a is not None and det_b is not None
+        assert det_a is not None
+        assert det_b is not None
         await publish(amqp_url, [heartbeat(a, 1) for a in agents])
         await wait_until(lambda: rec_a.heartbeats + rec_b.heartbeats == 20)
         await wait_until(lambda: det_a.runs + det_b.runs >= 3)
@@ -231,7 +233,8 @@ async def test_two_ingests_one_detector_acting(
         await wait_until(lambda: det_a.transitions + det_b.transitions == 20)
         await asyncio.sleep(0)
         follower = det_b if det_a.is_leader else det_a
-        assert follower.runs == 0 and follower.transitions == 0
+        assert follower.runs == 0
+        assert follower.transitions == 0
     assert scalar(db_url, "SELECT count(*) FROM agent_status_events WHERE reason = 'silence'") == 20
     assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 20
 
@@ -266,7 +269,7 @@ async def _metric(port: int, name: str) -> float | None:
     except httpx.HTTPError:
         return None
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return None
 
@@ -319,7 +322,8 @@ async def test_detector_failover_when_leader_process_dies(
         ) as survivor:
             await wait_until(lambda: survivor._conn is not None)
             await asyncio.sleep(0.2)
-            assert survivor.is_leader is False and survivor.runs == 0
+            assert survivor.is_leader is False
+            assert survivor.runs == 0
             agent = uuid.uuid4()
             await publish(amqp_url, [heartbeat(agent, 1, sampled_at=T0)])
             await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM agent_registry") == 1)

@@ -100,7 +100,8 @@ def test_create_agent_credentials_calls_management_api() -> None:
     assert len(password) >= 24
     text = out.getvalue()
     assert f"password: {password}" in text
-    assert "amqp://ws-17:" in text and "@rabbit:5672/fleet" in text
+    assert "amqp://ws-17:" in text
+    assert "@rabbit:5672/fleet" in text
     assert calls[2][2]["write"] == r"^heartbeat\.[^.]+\.abc$"
 
 
