@@ -419,7 +419,7 @@ class Ingest:
             started = time.perf_counter()
             try:
                 async with self.db.connection() as conn:
-                    _, result = await write_batch(conn, agent_ids, plan)
+                    _, result = await write_batch(conn, agent_ids, plan, method=config.write_method)
             except PoisonRowError:
                 raise
             except (ServiceUnavailable, StoreError) as exc:

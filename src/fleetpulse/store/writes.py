@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -26,6 +26,7 @@ __all__ = [
     "RegistryRow",
     "SampleRow",
     "StatusEvent",
+    "WriteMethod",
     "WriteResult",
     "lock_agents",
     "write_batch",
@@ -240,32 +241,110 @@ _REGISTRY_TYPES: Final = (
     "text",
     "text",
 )
-_REGISTRY_SQL: Final = (
-    "INSERT INTO agent_registry AS r (agent_id, hostname, pool_name, status, status_changed_at,"
-    " first_seen_at, last_heartbeat_at, last_sampled_at, last_seq, agent_version, principal,"
-    " work_state, cpu_cores, cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb,"
-    " gpu_type, gpu_count, gpu_vram_total_gb, gpu_vram_available_gb, resource_metrics,"
-    " agent_stats, updated_at)"
-    " SELECT agent_id, hostname, pool_name, 'online', first_received_at, first_received_at,"
-    " received_at, sampled_at, seq, agent_version, principal, work_state, cpu_cores,"
-    " cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,"
-    " gpu_vram_total_gb, gpu_vram_available_gb, resource_metrics::jsonb, agent_stats::jsonb, now()"
-    " FROM unnest("
+_UNNEST_REGISTRY: Final = (
+    "unnest("
     + ", ".join(f"%s::{t}[]" for t in _REGISTRY_TYPES)
     + ") AS t("
     + ", ".join(RegistryRow._fields)
-    + ") ORDER BY agent_id"
-    " ON CONFLICT (agent_id) DO UPDATE SET"
-    " status = 'online',"
-    " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
-    " ELSE EXCLUDED.status_changed_at END,"
-    " last_heartbeat_at = GREATEST(r.last_heartbeat_at, EXCLUDED.last_heartbeat_at),"
-    " principal = COALESCE(r.principal, EXCLUDED.principal),"
-    " updated_at = now(), "
-    + ", ".join(
-        f"{col} = CASE WHEN {_NEWER} THEN EXCLUDED.{col} ELSE r.{col} END" for col in _LATEST
-    )
+    + ")"
 )
+
+
+def _registry_insert(source: str, where: str = "") -> str:
+    return (
+        "INSERT INTO agent_registry AS r (agent_id, hostname, pool_name, status,"
+        " status_changed_at, first_seen_at, last_heartbeat_at, last_sampled_at, last_seq,"
+        " agent_version, principal, work_state, cpu_cores, cpu_available_cores, cpu_load_1m,"
+        " mem_total_gb, mem_available_gb, gpu_type, gpu_count, gpu_vram_total_gb,"
+        " gpu_vram_available_gb, resource_metrics, agent_stats, updated_at)"
+        " SELECT agent_id, hostname, pool_name, 'online', first_received_at, first_received_at,"
+        " received_at, sampled_at, seq, agent_version, principal, work_state, cpu_cores,"
+        " cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,"
+        " gpu_vram_total_gb, gpu_vram_available_gb, resource_metrics::jsonb, agent_stats::jsonb,"
+        f" now() FROM {source} {where} ORDER BY agent_id"
+        " ON CONFLICT (agent_id) DO UPDATE SET"
+        " status = 'online',"
+        " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
+        " ELSE EXCLUDED.status_changed_at END,"
+        " last_heartbeat_at = GREATEST(r.last_heartbeat_at, EXCLUDED.last_heartbeat_at),"
+        " principal = COALESCE(r.principal, EXCLUDED.principal),"
+        " updated_at = now(), "
+        + ", ".join(
+            f"{col} = CASE WHEN {_NEWER} THEN EXCLUDED.{col} ELSE r.{col} END" for col in _LATEST
+        )
+    )
+
+
+_SOURCE: Final = {
+    "last_sampled_at": "t.sampled_at",
+    "last_seq": "t.seq",
+    "resource_metrics": "t.resource_metrics::jsonb",
+    "agent_stats": "t.agent_stats::jsonb",
+}
+
+
+# Agents already registered (the usual case): a plain UPDATE ... FROM, no speculative insert.
+def _registry_update(source: str, where: str = "") -> str:
+    return (
+        "UPDATE agent_registry r SET"
+        " status = 'online',"
+        " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
+        " ELSE t.first_received_at END,"
+        " last_heartbeat_at = GREATEST(r.last_heartbeat_at, t.received_at),"
+        " principal = COALESCE(r.principal, t.principal),"
+        " updated_at = now(), "
+        + ", ".join(
+            f"{col} = CASE WHEN (r.last_sampled_at IS NULL OR t.sampled_at > r.last_sampled_at)"
+            f" THEN {_SOURCE.get(col, 't.' + col)} ELSE r.{col} END"
+            for col in _LATEST
+        )
+        + f" FROM {source} WHERE r.agent_id = t.agent_id {where}"
+    )
+
+
+_REGISTRY_SQL: Final = _registry_insert(_UNNEST_REGISTRY)
+_REGISTRY_UPDATE_SQL: Final = _registry_update(_UNNEST_REGISTRY)
+
+# The COPY path: rows go to session temp tables in binary COPY (formatted in C, no
+# per-element array dumping in Python), then one set-based statement per target table.
+_STAGE_DDL: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_samples ("
+    "agent_id uuid, sampled_at timestamptz, received_at timestamptz, seq int8, hostname text,"
+    " pool_name text, work_state text, running_jobs int4, cpu_load_1m float8, cpu_load_5m float8,"
+    " cpu_load_15m float8, cpu_cores int4, cpu_available_cores int4, mem_total_gb float8,"
+    " mem_available_gb float8, gpu_type text, gpu_count int4, gpu_vram_total_gb float8,"
+    " gpu_vram_available_gb float8, errors text) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_gpus ("
+    "agent_id uuid, sampled_at timestamptz, gpu_index int2, gpu_uuid text, name text,"
+    " vram_total_gb float8, vram_free_gb float8, util_pct float8, temp_c float8, power_w float8,"
+    " error text) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_registry ("
+    "agent_id uuid, hostname text, pool_name text, first_received_at timestamptz,"
+    " received_at timestamptz, sampled_at timestamptz, seq int8, agent_version text,"
+    " principal text, work_state text, cpu_cores int4, cpu_available_cores int4,"
+    " cpu_load_1m float8, mem_total_gb float8, mem_available_gb float8, gpu_type text,"
+    " gpu_count int4, gpu_vram_total_gb float8, gpu_vram_available_gb float8,"
+    " resource_metrics text, agent_stats text, is_new bool) ON COMMIT DELETE ROWS"
+)
+_COPY_SAMPLES: Final = "COPY fp_stage_samples FROM STDIN (FORMAT BINARY)"
+_COPY_GPUS: Final = "COPY fp_stage_gpus FROM STDIN (FORMAT BINARY)"
+_COPY_REGISTRY: Final = "COPY fp_stage_registry FROM STDIN (FORMAT BINARY)"
+_STAGED_SAMPLES: Final = (
+    "INSERT INTO agent_samples ("
+    + ", ".join(SampleRow._fields)
+    + ") SELECT "
+    + ", ".join(SampleRow._fields[:-1])
+    + ", errors::text[] FROM fp_stage_samples ON CONFLICT (agent_id, sampled_at) DO NOTHING"
+)
+_STAGED_GPUS: Final = (
+    "INSERT INTO gpu_samples ("
+    + ", ".join(GpuRow._fields)
+    + ") SELECT * FROM fp_stage_gpus ON CONFLICT (agent_id, gpu_index, sampled_at) DO NOTHING"
+)
+_STAGED_REGISTRY_UPDATE: Final = _registry_update("fp_stage_registry t", "AND NOT t.is_new")
+_STAGED_REGISTRY_INSERT: Final = _registry_insert("fp_stage_registry", "WHERE is_new")
+_SAMPLE_COPY_TYPES: Final = (*_SAMPLE_TYPES[:-1], "text")
+_REGISTRY_COPY_TYPES: Final = (*_REGISTRY_TYPES, "bool")
 
 _EVENT_SQL: Final = (
     "INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)"
@@ -289,6 +368,7 @@ _LOCK_SQL: Final = (
     "SELECT agent_id, status, principal, last_sampled_at FROM agent_registry"
     " WHERE agent_id = ANY(%s::uuid[]) ORDER BY agent_id FOR UPDATE"
 )
+WriteMethod = Literal["copy", "unnest"]
 
 
 async def lock_agents(
@@ -298,7 +378,9 @@ async def lock_agents(
 
     Locking in ``agent_id`` order keeps concurrent ingest workers from deadlocking.
     """
-    cur = await conn.execute(_LOCK_SQL, (list(agent_ids),), binary=True)
+    # One array literal: PostgreSQL parses it faster than psycopg dumps a list of UUIDs.
+    literal = "{" + ",".join(map(str, agent_ids)) + "}"
+    cur = await conn.execute(_LOCK_SQL, (literal,))
     return {row[0]: AgentState(row[1], row[2], row[3]) for row in await cur.fetchall()}
 
 
@@ -306,25 +388,26 @@ async def write_batch(
     conn: psycopg.AsyncConnection[TupleRow],
     agent_ids: Sequence[uuid.UUID],
     plan: Callable[[dict[uuid.UUID, AgentState]], BatchWrite],
+    *,
+    method: WriteMethod = "copy",
 ) -> tuple[BatchWrite, WriteResult]:
     """Write one batch in one transaction.
 
     ``plan`` is the caller's pure core: given the locked state of the batch's agents it
     returns the rows to write (identity checks and transitions decided there).
-    Errors are the caller's to map (``Database.connection`` maps them).
+    ``method`` picks binary COPY through staging tables (default, fastest measured) or
+    ``unnest`` of array parameters. Errors are the caller's to map
+    (``Database.connection`` maps them).
     """
     async with conn.transaction():
         state = await lock_agents(conn, agent_ids) if agent_ids else {}
         batch = plan(state)
         stored = 0
         async with conn.cursor() as cur:
-            if batch.samples:
-                await cur.execute(_SAMPLE_SQL, _columns(batch.samples, 20), binary=True)
-                stored = cur.rowcount
-            if batch.gpus:
-                await cur.execute(_GPU_SQL, _columns(batch.gpus, 11), binary=True)
-            if batch.registry:
-                await cur.execute(_REGISTRY_SQL, _columns(batch.registry, 21), binary=True)
+            if method == "copy":
+                stored = await _write_staged(cur, batch, state)
+            else:
+                stored = await _write_unnest(cur, batch, state)
             if batch.events:
                 await cur.execute(_EVENT_SQL, _columns(batch.events, 5), binary=True)
             shutdowns = 0
@@ -333,3 +416,52 @@ async def write_batch(
                 shutdowns = cur.rowcount
     duplicates = len(batch.samples) - stored
     return batch, WriteResult(stored, duplicates, len(batch.events) + max(shutdowns, 0))
+
+
+async def _write_staged(
+    cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
+) -> int:
+    await cur.execute(_STAGE_DDL)
+    stored = 0
+    if batch.samples:
+        async with cur.copy(_COPY_SAMPLES) as copy:
+            copy.set_types(_SAMPLE_COPY_TYPES)
+            for sample in batch.samples:
+                await copy.write_row(sample)
+        await cur.execute(_STAGED_SAMPLES)
+        stored = cur.rowcount
+    if batch.gpus:
+        async with cur.copy(_COPY_GPUS) as copy:
+            copy.set_types(_GPU_TYPES)
+            for gpu in batch.gpus:
+                await copy.write_row(gpu)
+        await cur.execute(_STAGED_GPUS)
+    if batch.registry:
+        async with cur.copy(_COPY_REGISTRY) as copy:
+            copy.set_types(_REGISTRY_COPY_TYPES)
+            for row in batch.registry:
+                await copy.write_row((*row, row.agent_id not in state))
+        if any(row.agent_id in state for row in batch.registry):
+            await cur.execute(_STAGED_REGISTRY_UPDATE)
+        if any(row.agent_id not in state for row in batch.registry):
+            # ON CONFLICT: another worker may have registered the agent since our lock.
+            await cur.execute(_STAGED_REGISTRY_INSERT)
+    return stored
+
+
+async def _write_unnest(
+    cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
+) -> int:
+    stored = 0
+    if batch.samples:
+        await cur.execute(_SAMPLE_SQL, _columns(batch.samples, 20), binary=True)
+        stored = cur.rowcount
+    if batch.gpus:
+        await cur.execute(_GPU_SQL, _columns(batch.gpus, 11), binary=True)
+    known = [row for row in batch.registry if row.agent_id in state]
+    new = [row for row in batch.registry if row.agent_id not in state]
+    if known:
+        await cur.execute(_REGISTRY_UPDATE_SQL, _columns(known, 21), binary=True)
+    if new:
+        await cur.execute(_REGISTRY_SQL, _columns(new, 21), binary=True)
+    return stored
