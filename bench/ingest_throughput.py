@@ -26,6 +26,8 @@ import aio_pika
 import aiormq
 import psycopg
 import uvloop
+from pamqp.commands import Basic
+
 from _common import (
     bench_database,
     bench_vhost,
@@ -36,8 +38,6 @@ from _common import (
     percentile,
     stream,
 )
-from pamqp.commands import Basic
-
 from fleetpulse.config import AmqpSettings, DatabaseSettings, IngestSettings, Settings
 from fleetpulse.ingest import CommitReport, Ingest, declare_topology
 from fleetpulse.messages import EXCHANGE, INGEST_QUEUE

@@ -107,7 +107,7 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     drain_timeout_s: Positive = 10.0
     queue_depth_interval_s: Positive = 5.0
     detector_enabled: bool = True
-    sweep_limit: PositiveInt = 100_000
+    sweep_limit: PositiveInt = 10_000
     write_method: Literal["copy", "unnest"] = "copy"
 
 

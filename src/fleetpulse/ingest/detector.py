@@ -132,14 +132,21 @@ class SilenceDetector:
                     log.info("silence detector acting (advisory lock taken)")
             if not self.is_leader:
                 return 0
-            started = time.perf_counter()
-            marked = await sweep_silent(
-                conn,
-                now=self.clock(),
-                offline_after_s=self.config.offline_after_s,
-                limit=self.config.sweep_limit,
-            )
-            self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+            marked = 0
+            limit = self.config.sweep_limit
+            while True:
+                # A mass silence (a site losing its network) goes in bounded statements.
+                started = time.perf_counter()
+                swept = await sweep_silent(
+                    conn,
+                    now=self.clock(),
+                    offline_after_s=self.config.offline_after_s,
+                    limit=limit,
+                )
+                self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+                marked += swept
+                if swept < limit:
+                    break
             self.metrics.detector_runs.inc()
             self.runs += 1
             if marked:

@@ -20,18 +20,20 @@ DETECTOR_LOCK_KEY: Final = 0x666C_7470_6C73_0001  # "fltpls" + 1
 
 # Walks the partial index agent_registry_silence (online rows by last_heartbeat_at), so a
 # sweep that finds nobody costs one index probe however large the registry. Rows a batch
-# has locked are skipped: that batch is writing a fresh heartbeat for them. Each marked
-# agent gets its ``silence`` event in the same statement.
+# has locked are skipped: that batch is writing a fresh heartbeat for them. The ids go
+# through an array (an InitPlan) so the UPDATE probes the primary key per agent instead of
+# hash-joining the whole registry. Each marked agent gets its ``silence`` event in the
+# same statement.
 _SWEEP_SQL: Final = """
 WITH silent AS (
     UPDATE agent_registry r
        SET status = 'offline', status_changed_at = %(now)s, updated_at = now()
-      FROM (SELECT agent_id FROM agent_registry
+     WHERE r.agent_id = ANY(ARRAY(
+            SELECT agent_id FROM agent_registry
              WHERE status = 'online' AND last_heartbeat_at < %(cutoff)s
              ORDER BY last_heartbeat_at
              LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED) s
-     WHERE r.agent_id = s.agent_id
+             FOR UPDATE SKIP LOCKED))
  RETURNING r.agent_id
 )
 INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)
@@ -44,7 +46,7 @@ async def sweep_silent(
     *,
     now: datetime,
     offline_after_s: float,
-    limit: int = 100_000,
+    limit: int = 10_000,
 ) -> int:
     """Mark online agents last heard before ``now - offline_after_s`` offline; return how many.
 

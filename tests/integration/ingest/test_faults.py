@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiormq
@@ -338,8 +338,8 @@ async def test_topology_falls_back_to_an_existing_classic_queue(
     assert rabbit_admin.queue(amqp_vhost, INGEST_QUEUE)["type"] == "classic"
 
 
-async def test_retention_drops_old_chunks(db_url: str) -> None:
-    from fleetpulse import store
+async def test_retention_drops_old_chunks_from_the_detector(db_url: str, amqp_url: str) -> None:
+    from fleetpulse.ingest import IngestMetrics, SilenceDetector
 
     old = T0 - timedelta(days=400)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -352,9 +352,32 @@ async def test_retention_drops_old_chunks(db_url: str) -> None:
                 " 1, 'h', 'p', 'idle', 0, 0, 0, 1, 1, 1, 1, 'none', 0, 0, 0)",
                 (at, at),
             )
-    conn_async = await store.connect(db_url)
-    async with conn_async:
-        age_s = (T0 - old).total_seconds() - 86_400 * 7
-        dropped = await store.apply_retention(conn_async, edition="apache", older_than_s=age_s)
-    assert dropped == 1
+    keep_days = (datetime.now(UTC) - old).days - 7
+    settings = settings_for(db_url, amqp_url, retention_days=float(keep_days))
+    detector = SilenceDetector(settings, metrics=IngestMetrics(), clock=FakeClock())
+    try:
+        assert await detector.tick() == 0
+        assert detector.is_leader
+    finally:
+        await detector.close()
     assert [r[0] for r in query(db_url, "SELECT sampled_at FROM agent_samples")] == [T0]
+    assert detector.state == "closed"
+
+
+async def test_unnest_write_path_matches_copy_path(
+    db_url: str, amqp_url: str, clock: FakeClock
+) -> None:
+    """The alternative write method (array parameters) keeps the same guarantees."""
+    agent, other = uuid.uuid4(), uuid.uuid4()
+    settings = settings_for(db_url, amqp_url, write_method="unnest")
+    async with running_ingest(settings, clock=clock) as (ingest, rec, _d):
+        await publish(amqp_url, [heartbeat(agent, 5), heartbeat(agent, 5), heartbeat(other, 1)])
+        await wait_until(lambda: rec.heartbeats == 3)
+        await publish(amqp_url, [heartbeat(agent, 2, hostname="late"), heartbeat(agent, 6)])
+        await wait_until(lambda: rec.heartbeats == 5)
+        assert ingest.metrics.messages.labels("duplicate")._value.get() == 1
+    assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 4
+    assert query(
+        db_url, "SELECT last_seq, hostname FROM agent_registry WHERE agent_id = %s", agent
+    ) == [(6, "ws-17")]
+    assert scalar(db_url, "SELECT count(*) FROM gpu_samples") == 4

@@ -140,7 +140,8 @@ async def test_offline_status_transition_logged(
 ) -> None:
     caplog.set_level(logging.INFO, logger="fleetpulse")
     agents = [uuid.uuid4() for _ in range(3)]
-    settings = settings_for(db_url, amqp_url, offline_after_s=10.0)
+    # sweep_limit 2: a mass silence is swept in bounded statements within one check.
+    settings = settings_for(db_url, amqp_url, offline_after_s=10.0, sweep_limit=2)
     async with running_ingest(settings, clock=clock, detector=True) as (_, rec, det):
         await publish(amqp_url, [heartbeat(a, 1) for a in agents])
         await wait_until(lambda: rec.heartbeats == 3)
