@@ -109,6 +109,7 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     detector_enabled: bool = True
     sweep_limit: PositiveInt = 10_000
     write_method: Literal["copy", "unnest"] = "copy"
+    commit_pipeline: PositiveInt = 2
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

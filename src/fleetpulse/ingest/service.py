@@ -38,12 +38,18 @@ async def serve(
         "ingest metrics on http://%s:%d/metrics", settings.ingest.metrics_host, server.server_port
     )
     loop = asyncio.get_running_loop()
+    ingest = Ingest(settings, metrics=metrics, clock=clock)
+
+    def on_signal() -> None:
+        stop.set()
+        ingest.request_stop()
+
     if install_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(Ingest(settings, metrics=metrics, clock=clock))
+            await stack.enter_async_context(ingest)
             if settings.ingest.detector_enabled:
                 await stack.enter_async_context(
                     SilenceDetector(settings, metrics=metrics, clock=clock)

@@ -58,6 +58,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _reap(tasks: set[asyncio.Task[None]]) -> None:
+    """Forget finished tasks, re-raising the first failure (a lost channel, say)."""
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        task.result()
+
+
 @dataclass(slots=True)
 class CommitReport:
     """What one batch did, handed to ``on_commit`` observers (tests, benchmarks)."""
@@ -134,16 +141,24 @@ class Ingest:
 
     async def start(self) -> None:
         backoff = self._backoff()
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.db.open()
                 break
             except ServiceUnavailable as exc:
                 log.warning("ingest waits for the database: %s", exc)
-                await backoff.wait()
+                await self._interruptible(backoff.wait())
+        else:
+            return  # asked to stop before the database ever answered
         self.state = "running"
         self._tasks.append(asyncio.create_task(self._consume_forever(), name="ingest-consume"))
         self._tasks.append(asyncio.create_task(self._watch_queue_depth(), name="ingest-depth"))
+
+    def request_stop(self) -> None:
+        """Ask a starting or running ingest to stop (safe from a signal handler)."""
+        self._stop.set()
+        self._wakeup.set()
+        self._full.set()
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop intake, commit and ack what is buffered (up to ``timeout_s``), then close."""
@@ -282,32 +297,53 @@ class Ingest:
             await asyncio.wait_for(event.wait(), seconds)
 
     async def _batch_loop(self, session: _Session) -> None:
+        """Form batches and write up to ``commit_pipeline`` of them at once.
+
+        Writes overlap (the database works on one while Python prepares the next), but
+        settling is chained: a batch acks only after the one before it has acked, since
+        a multiple-ack covers every earlier delivery tag.
+        """
         age_s = self.config.batch_max_age_s
         batch_max = self.config.batch_max_messages
+        depth = self.config.commit_pipeline
         connection = session.connection
-        while True:
-            if connection.is_closed:
-                raise ConnectionError("broker connection closed")
-            if self._stop.is_set():
-                await self._drain(session)
-                return
-            if not self._buffer:
-                self._wakeup.clear()
-                await self._wait_for(self._wakeup, 0.25)
-                continue
-            if len(self._buffer) < batch_max:
-                remaining = age_s - (time.monotonic() - self._first_at)
-                if remaining > 0:
-                    self._full.clear()
-                    await self._wait_for(self._full, remaining)
+        inflight: set[asyncio.Task[None]] = set()
+        previous: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                if connection.is_closed:
+                    raise ConnectionError("broker connection closed")
+                _reap(inflight)
+                if self._stop.is_set():
+                    await asyncio.gather(*inflight)
+                    await self._drain(session, previous)
+                    return
+                if not self._buffer:
+                    self._wakeup.clear()
+                    await self._wait_for(self._wakeup, 0.25)
                     continue
-            batch = self._buffer[:batch_max]
-            del self._buffer[:batch_max]
-            # What is left waited through this batch's commit: due as soon as it is done.
-            self._first_at = time.monotonic() - age_s
-            await self._process(batch, session)
+                if len(self._buffer) < batch_max:
+                    remaining = age_s - (time.monotonic() - self._first_at)
+                    if remaining > 0:
+                        self._full.clear()
+                        await self._wait_for(self._full, remaining)
+                        continue
+                if len(inflight) >= depth:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batch = self._buffer[:batch_max]
+                del self._buffer[:batch_max]
+                settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                inflight.add(asyncio.create_task(self._process(batch, session, previous, settled)))
+                previous = settled
+                # What is left waited through earlier commits: due as soon as a slot frees.
+                self._first_at = time.monotonic() - age_s
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _drain(self, session: _Session) -> None:
+    async def _drain(self, session: _Session, previous: asyncio.Future[bool] | None) -> None:
         if session.consumer_tag:
             with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
                 await session.channel.basic_cancel(session.consumer_tag)
@@ -315,7 +351,9 @@ class Ingest:
         while self._buffer:
             batch = self._buffer[:batch_max]
             del self._buffer[:batch_max]
-            await self._process(batch, session)
+            settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            await self._process(batch, session, previous, settled)
+            previous = settled
 
     def _check_alive(self, session: _Session) -> None:
         if session.lost or session.channel.is_closed:
@@ -325,18 +363,32 @@ class Ingest:
 
     # ------------------------------------------------------------------ one batch
 
-    async def _process(self, batch: Sequence[Delivery], session: _Session) -> None:
+    async def _process(
+        self,
+        batch: Sequence[Delivery],
+        session: _Session,
+        previous: asyncio.Future[bool] | None,
+        settled: asyncio.Future[bool],
+    ) -> None:
         decoded, invalid = decode_batch(batch)
+        acked = False
         try:
             outcome = await self._write_all(decoded, session)
+            if previous is not None and not await previous:
+                # Acking now would cover the earlier, unacked tags: leave this one too.
+                raise _Abandoned("an earlier batch was not acked; this one will be redelivered")
             self._check_alive(session)
             rejected = invalid + outcome.poisoned
             for plan in outcome.plans:
                 rejected.extend(plan.rejected)
             await self._settle(batch, rejected, session)
+            acked = True
         except _Abandoned as exc:
             log.warning("%s (%d messages)", exc, len(batch))
             return
+        finally:
+            if not settled.done():
+                settled.set_result(acked)
         self._account(outcome, rejected, len(batch))
 
     def _account(self, outcome: _Outcome, rejected: list[Rejection], size: int) -> None:

@@ -341,3 +341,23 @@ async def test_detector_failover_when_leader_process_dies(
             proc.kill()
             proc.wait()
     assert status(db_url, agent) == "offline"
+
+
+async def test_cli_ingest_waits_for_an_absent_database_and_still_stops_on_sigterm(
+    db_url: str, amqp_url: str, tmp_path: Path
+) -> None:
+    absent = db_url.rsplit("/", 1)[0] + "/fleetpulse_absent_" + uuid.uuid4().hex[:8]
+    log = tmp_path / "ingest.log"
+    with log.open("wb") as sink:
+        proc = _ingest_process(absent, amqp_url, _free_port(), sink)
+    try:
+        await wait_until(
+            lambda: "waits for the database" in log.read_text(), timeout_s=20, what="retry log"
+        )
+        assert proc.poll() is None  # retrying, not crashed
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
