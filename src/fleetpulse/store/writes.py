@@ -18,6 +18,8 @@ from typing import Final, Literal, NamedTuple
 import psycopg
 from psycopg.rows import TupleRow
 
+from fleetpulse.errors import StoreError
+
 __all__ = [
     "AgentState",
     "BatchWrite",
@@ -217,7 +219,6 @@ _LATEST: Final = (
     "resource_metrics",
     "agent_stats",
 )
-_NEWER: Final = "(r.last_sampled_at IS NULL OR EXCLUDED.last_sampled_at > r.last_sampled_at)"
 _REGISTRY_TYPES: Final = (
     "uuid",
     "text",
@@ -251,8 +252,10 @@ _UNNEST_REGISTRY: Final = (
 
 
 def _registry_insert(source: str, where: str = "") -> str:
+    # DO NOTHING: an agent registered by a concurrent batch since our lock is not ours to
+    # overwrite; the caller sees the shortfall and re-plans against the committed row.
     return (
-        "INSERT INTO agent_registry AS r (agent_id, hostname, pool_name, status,"
+        "INSERT INTO agent_registry (agent_id, hostname, pool_name, status,"
         " status_changed_at, first_seen_at, last_heartbeat_at, last_sampled_at, last_seq,"
         " agent_version, principal, work_state, cpu_cores, cpu_available_cores, cpu_load_1m,"
         " mem_total_gb, mem_available_gb, gpu_type, gpu_count, gpu_vram_total_gb,"
@@ -262,16 +265,7 @@ def _registry_insert(source: str, where: str = "") -> str:
         " cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,"
         " gpu_vram_total_gb, gpu_vram_available_gb, resource_metrics::jsonb, agent_stats::jsonb,"
         f" now() FROM {source} {where} ORDER BY agent_id"
-        " ON CONFLICT (agent_id) DO UPDATE SET"
-        " status = 'online',"
-        " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
-        " ELSE EXCLUDED.status_changed_at END,"
-        " last_heartbeat_at = GREATEST(r.last_heartbeat_at, EXCLUDED.last_heartbeat_at),"
-        " principal = COALESCE(r.principal, EXCLUDED.principal),"
-        " updated_at = now(), "
-        + ", ".join(
-            f"{col} = CASE WHEN {_NEWER} THEN EXCLUDED.{col} ELSE r.{col} END" for col in _LATEST
-        )
+        " ON CONFLICT (agent_id) DO NOTHING"
     )
 
 
@@ -283,7 +277,6 @@ _SOURCE: Final = {
 }
 
 
-# Agents already registered (the usual case): a plain UPDATE ... FROM, no speculative insert.
 def _registry_update(source: str, where: str = "") -> str:
     return (
         "UPDATE agent_registry r SET"
@@ -399,6 +392,27 @@ async def write_batch(
     ``unnest`` of array parameters. Errors are the caller's to map
     (``Database.connection`` maps them).
     """
+    for _ in range(_REPLAN_ATTEMPTS):
+        try:
+            return await _write_once(conn, agent_ids, plan, method)
+        except _Replan:
+            continue  # rolled back; the lock now sees the concurrently registered agents
+    raise StoreError("agents kept being registered concurrently while writing a batch")
+
+
+class _Replan(Exception):
+    """A new agent of this batch was registered by a concurrent transaction meanwhile."""
+
+
+_REPLAN_ATTEMPTS: Final = 5
+
+
+async def _write_once(
+    conn: psycopg.AsyncConnection[TupleRow],
+    agent_ids: Sequence[uuid.UUID],
+    plan: Callable[[dict[uuid.UUID, AgentState]], BatchWrite],
+    method: WriteMethod,
+) -> tuple[BatchWrite, WriteResult]:
     async with conn.transaction():
         state = await lock_agents(conn, agent_ids) if agent_ids else {}
         batch = plan(state)
@@ -422,6 +436,19 @@ async def _write_staged(
     cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
 ) -> int:
     await cur.execute(_STAGE_DDL)
+    if batch.registry:
+        # Registry first: a concurrent registration is found before the heavy inserts.
+        async with cur.copy(_COPY_REGISTRY) as copy:
+            copy.set_types(_REGISTRY_COPY_TYPES)
+            for row in batch.registry:
+                await copy.write_row((*row, row.agent_id not in state))
+        new = sum(1 for row in batch.registry if row.agent_id not in state)
+        if new:
+            await cur.execute(_STAGED_REGISTRY_INSERT)
+            if cur.rowcount < new:
+                raise _Replan
+        if new < len(batch.registry):
+            await cur.execute(_STAGED_REGISTRY_UPDATE)
     stored = 0
     if batch.samples:
         async with cur.copy(_COPY_SAMPLES) as copy:
@@ -436,32 +463,24 @@ async def _write_staged(
             for gpu in batch.gpus:
                 await copy.write_row(gpu)
         await cur.execute(_STAGED_GPUS)
-    if batch.registry:
-        async with cur.copy(_COPY_REGISTRY) as copy:
-            copy.set_types(_REGISTRY_COPY_TYPES)
-            for row in batch.registry:
-                await copy.write_row((*row, row.agent_id not in state))
-        if any(row.agent_id in state for row in batch.registry):
-            await cur.execute(_STAGED_REGISTRY_UPDATE)
-        if any(row.agent_id not in state for row in batch.registry):
-            # ON CONFLICT: another worker may have registered the agent since our lock.
-            await cur.execute(_STAGED_REGISTRY_INSERT)
     return stored
 
 
 async def _write_unnest(
     cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
 ) -> int:
+    known = [row for row in batch.registry if row.agent_id in state]
+    new = [row for row in batch.registry if row.agent_id not in state]
+    if new:
+        await cur.execute(_REGISTRY_SQL, _columns(new, 21), binary=True)
+        if cur.rowcount < len(new):
+            raise _Replan
+    if known:
+        await cur.execute(_REGISTRY_UPDATE_SQL, _columns(known, 21), binary=True)
     stored = 0
     if batch.samples:
         await cur.execute(_SAMPLE_SQL, _columns(batch.samples, 20), binary=True)
         stored = cur.rowcount
     if batch.gpus:
         await cur.execute(_GPU_SQL, _columns(batch.gpus, 11), binary=True)
-    known = [row for row in batch.registry if row.agent_id in state]
-    new = [row for row in batch.registry if row.agent_id not in state]
-    if known:
-        await cur.execute(_REGISTRY_UPDATE_SQL, _columns(known, 21), binary=True)
-    if new:
-        await cur.execute(_REGISTRY_SQL, _columns(new, 21), binary=True)
     return stored

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from fleetpulse.ingest import IngestMetrics, SilenceDetector
+from fleetpulse.messages import INGEST_QUEUE
 from tests.fixtures.ingest import (
     PROFILES,
     T0,
@@ -30,6 +31,7 @@ from tests.fixtures.ingest import (
     running_ingest,
     scalar,
     settings_for,
+    wait_for_queue,
     wait_until,
 )
 
@@ -286,6 +288,7 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
         await wait_until(
             lambda: _metric(port, "fleetpulse_detector_leader"), timeout_s=20, what="metrics"
         )
+        await wait_for_queue(amqp_url, INGEST_QUEUE)
         agent = uuid.uuid4()
         await publish(amqp_url, [heartbeat(agent, s) for s in range(1, 4)])
         await wait_until(
@@ -325,6 +328,7 @@ async def test_detector_failover_when_leader_process_dies(
             await asyncio.sleep(0.2)
             assert survivor.is_leader is False
             assert survivor.runs == 0
+            await wait_for_queue(amqp_url, INGEST_QUEUE)
             agent = uuid.uuid4()
             await publish(amqp_url, [heartbeat(agent, 1, sampled_at=T0)])
             await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM agent_registry") == 1)
