@@ -75,6 +75,7 @@ class CommitReport:
     rejected: list[Rejection]
     committed_at: float  # time.time() after commit and ack
     events: int = 0
+    messages: int = 0  # every delivery the batch settled, heartbeats or not
 
 
 @dataclass(slots=True)
@@ -420,6 +421,7 @@ class Ingest:
                     rejected,
                     time.time(),
                     sum(r.events for r in outcome.results),
+                    size,
                 )
             )
 
