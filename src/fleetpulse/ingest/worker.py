@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Self
+from typing import Any, Literal, Self
 
 import aiormq
 import aiormq.abc
@@ -25,6 +25,7 @@ from pamqp.commands import Basic
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import PoisonRowError, ServiceUnavailable, StoreError
 from fleetpulse.ingest.backoff import Backoff
+from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS, dead_letter, log_rejection
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.planner import (
     Decoded,
@@ -35,23 +36,12 @@ from fleetpulse.ingest.planner import (
     plan_batch,
 )
 from fleetpulse.ingest.topology import declare_topology
-from fleetpulse.messages import DEAD_LETTER_EXCHANGE, INGEST_QUEUE, Heartbeat
+from fleetpulse.messages import INGEST_QUEUE, Heartbeat
 from fleetpulse.store import AgentState, BatchWrite, Database, WriteResult, write_batch
 
 __all__ = ["AMQP_CONNECTION_ERRORS", "CommitReport", "Ingest", "utc_now"]
 
 log = logging.getLogger(__name__)
-security_log = logging.getLogger("fleetpulse.security")
-
-# Faults of the broker connection: reconnect, never crash.
-AMQP_CONNECTION_ERRORS: Final = (
-    aiormq.exceptions.AMQPError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
-REASON_HEADER: Final = "x-fleetpulse-reason"
-DETAIL_HEADER: Final = "x-fleetpulse-detail"
 
 
 def utc_now() -> datetime:
@@ -491,54 +481,18 @@ class Ingest:
     ) -> None:
         """Dead-letter the rejected (with their reason), then ack the rest in one frame."""
         individually_rejected: set[int] = set()
+        if rejected and session.dead_letters.is_closed:
+            # The broker closed it (say, the dead-letter exchange was deleted): try anew.
+            with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
+                session.dead_letters = await session.connection.channel(publisher_confirms=True)
         for rejection in rejected:
-            self._log_rejection(rejection)
-            if not await self._dead_letter(rejection, session):
+            log_rejection(rejection)
+            if not await dead_letter(session.dead_letters, rejection):
                 await session.channel.basic_reject(rejection.delivery.tag, requeue=False)
                 individually_rejected.add(rejection.delivery.tag)
         tags = [d.tag for d in batch if d.tag not in individually_rejected]
         if tags:
             await session.channel.basic_ack(max(tags), multiple=True)
-
-    def _log_rejection(self, rejection: Rejection) -> None:
-        delivery = rejection.delivery
-        if rejection.result == "unauthorised":
-            security_log.warning(
-                "security: heartbeat refused, %s (user_id=%r routing_key=%r)",
-                rejection.detail,
-                delivery.user_id,
-                delivery.routing_key,
-            )
-        else:
-            log.warning(
-                "message rejected (%s): %s (routing_key=%r)",
-                rejection.reason,
-                rejection.detail[:300],
-                delivery.routing_key,
-            )
-
-    async def _dead_letter(self, rejection: Rejection, session: _Session) -> bool:
-        delivery = rejection.delivery
-        headers: dict[str, Any] = dict(delivery.headers or {})
-        headers[REASON_HEADER] = rejection.reason
-        headers[DETAIL_HEADER] = rejection.detail[:1000]
-        if delivery.user_id is not None:
-            headers["x-fleetpulse-user-id"] = delivery.user_id
-        properties = Basic.Properties(
-            delivery_mode=2, headers=headers, content_type="application/octet-stream"
-        )
-        try:
-            confirmation = await session.dead_letters.basic_publish(
-                delivery.body,
-                exchange=DEAD_LETTER_EXCHANGE,
-                routing_key=delivery.routing_key,
-                properties=properties,
-                timeout=5.0,
-            )
-        except AMQP_CONNECTION_ERRORS as exc:
-            log.warning("dead-letter publish failed (%s); rejecting instead", exc)
-            return False
-        return isinstance(confirmation, Basic.Ack)
 
     # ------------------------------------------------------------------ queue depth
 

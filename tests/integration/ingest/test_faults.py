@@ -381,3 +381,21 @@ async def test_unnest_write_path_matches_copy_path(
         db_url, "SELECT last_seq, hostname FROM agent_registry WHERE agent_id = %s", agent
     ) == [(6, "ws-17")]
     assert scalar(db_url, "SELECT count(*) FROM gpu_samples") == 4
+
+
+async def test_rejects_when_the_dead_letter_exchange_is_gone(
+    db_url: str, amqp_url: str, rabbit_admin, amqp_vhost: str
+) -> None:
+    """Republishing fails (exchange deleted by an operator): fall back to reject, keep going."""
+    agent = uuid.uuid4()
+    async with running_ingest(settings_for(db_url, amqp_url)) as (ingest, rec, _d):
+        vh = quote(amqp_vhost, safe="")
+        rabbit_admin.client.delete(f"/api/exchanges/{vh}/fleetpulse.dead").raise_for_status()
+        await publish(amqp_url, [b"not json", heartbeat(agent, 1)])
+        await wait_until(lambda: rec.messages == 2)
+        await publish(amqp_url, [b"{}"])
+        await wait_until(lambda: rec.messages == 3)
+        assert ingest.state == "running"
+        assert ingest.metrics.messages.labels("invalid")._value.get() == 2
+    assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 1
+    assert await queue_messages(amqp_url, INGEST_QUEUE) == 0  # rejected, not requeued
