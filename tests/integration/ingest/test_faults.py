@@ -189,7 +189,8 @@ async def test_poison_batch_is_split_good_messages_commit(
 ) -> None:
     good = [heartbeat(uuid.uuid4(), 1) for _ in range(9)]
     poison = heartbeat(uuid.uuid4(), 1, hostname="ws-\x00-17")  # valid JSON, refused by PostgreSQL
-    settings = settings_for(db_url, amqp_url, batch_max_age_s=0.5, batch_max_messages=10)
+    # The batch flushes when it holds all ten, however slowly a loaded box publishes them.
+    settings = settings_for(db_url, amqp_url, batch_max_age_s=30.0, batch_max_messages=10)
     async with running_ingest(settings) as (ingest, rec, _d):
         await publish(amqp_url, [*good[:4], poison, *good[4:]])
         await wait_until(lambda: rec.heartbeats == 9 and len(rec.rejected) == 1)
