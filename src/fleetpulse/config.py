@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -107,6 +107,12 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retention_check_interval_s: Positive = 3600.0
     metrics_host: str = "127.0.0.1"
     metrics_port: Port = 9101
+    drain_timeout_s: Positive = 10.0
+    queue_depth_interval_s: Positive = 5.0
+    detector_enabled: bool = True
+    sweep_limit: PositiveInt = 10_000
+    write_method: Literal["copy", "unnest"] = "copy"
+    commit_pipeline: PositiveInt = 2
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

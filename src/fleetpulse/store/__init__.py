@@ -16,6 +16,29 @@ from fleetpulse.store.migrate import (
     upgrade,
 )
 
+# isort: split
+# ingest write path, silence sweep and retention
+from fleetpulse.store.liveness import (
+    DETECTOR_LOCK_KEY,
+    release_detector_lock,
+    sweep_silent,
+    try_detector_lock,
+)
+from fleetpulse.store.retention import HYPERTABLES, apply_retention
+from fleetpulse.store.writes import (
+    AgentState,
+    BatchWrite,
+    GoodbyeRow,
+    GpuRow,
+    RegistryRow,
+    SampleRow,
+    StatusEvent,
+    WriteMethod,
+    WriteResult,
+    lock_agents,
+    write_batch,
+)
+
 __all__ = [
     "RETRYABLE_DB_ERRORS",
     "Database",
@@ -28,4 +51,24 @@ __all__ = [
     "head_revision",
     "map_db_errors",
     "upgrade",
+]
+# ingest write path, silence sweep and retention
+__all__ += [
+    "DETECTOR_LOCK_KEY",
+    "HYPERTABLES",
+    "AgentState",
+    "BatchWrite",
+    "GoodbyeRow",
+    "GpuRow",
+    "RegistryRow",
+    "SampleRow",
+    "StatusEvent",
+    "WriteMethod",
+    "WriteResult",
+    "apply_retention",
+    "lock_agents",
+    "release_detector_lock",
+    "sweep_silent",
+    "try_detector_lock",
+    "write_batch",
 ]

@@ -1,0 +1,171 @@
+"""The silence detector: one acting instance across all ingest workers.
+
+Each worker runs one; whichever holds the PostgreSQL session advisory lock acts. The
+lock lives and dies with the detector's own connection, so when the holder's process
+or connection dies the server releases it and another worker takes over at its next
+tick. The leader also runs retention on its schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal, Self
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from fleetpulse.config import Settings
+from fleetpulse.errors import FleetpulseError
+from fleetpulse.ingest.backoff import Backoff
+from fleetpulse.ingest.metrics import IngestMetrics
+from fleetpulse.store import (
+    Edition,
+    apply_retention,
+    connect,
+    detect_edition,
+    map_db_errors,
+    release_detector_lock,
+    sweep_silent,
+    try_detector_lock,
+)
+
+__all__ = ["SilenceDetector"]
+
+log = logging.getLogger(__name__)
+
+
+class SilenceDetector:
+    """``async with SilenceDetector(settings, metrics=..., clock=...)``; ticks every
+    ``offline_check_interval_s`` (drift-corrected) until closed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: IngestMetrics,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.ingest
+        self.metrics = metrics
+        self.clock = clock
+        self._sleep = sleep
+        self.is_leader = False
+        self.runs = 0
+        self.transitions = 0
+        self.state: Literal["new", "running", "closed"] = "new"
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._edition: Edition = "apache"
+        self._task: asyncio.Task[None] | None = None
+        self._next_retention = 0.0
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="silence-detector")
+        self.state = "running"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._disconnect(release=True)
+        self.state = "closed"
+
+    async def _disconnect(self, *, release: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if self.is_leader:
+            log.info("silence detector steps down")
+        self.is_leader = False
+        self.metrics.detector_leader.set(0)
+        if conn is None:
+            return
+        try:
+            if release and not conn.closed:
+                await release_detector_lock(conn)
+        except psycopg.Error:
+            pass
+        finally:
+            await conn.close()
+
+    async def _run(self) -> None:
+        interval = self.config.offline_check_interval_s
+        backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s, sleep=self._sleep)
+        next_tick = time.monotonic()
+        while True:
+            try:
+                await self.tick()
+                backoff.reset()
+            except (FleetpulseError, psycopg.Error, OSError) as exc:
+                log.warning("silence detector: %s", exc)
+                await self._disconnect()
+                await backoff.wait()
+                next_tick = time.monotonic()
+                continue
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # fell behind: skip missed ticks instead of bursting
+                next_tick = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def tick(self) -> int:
+        """One check: become leader if the lock is free; as leader, sweep. Returns transitions."""
+        url = self.settings.database.url
+        if self._conn is None or self._conn.closed:
+            self._conn = await connect(url, timeout_s=self.settings.database.connect_timeout_s)
+            with map_db_errors(url):
+                self._edition = await detect_edition(self._conn)
+        conn = self._conn
+        with map_db_errors(url):
+            if not self.is_leader:
+                self.is_leader = await try_detector_lock(conn)
+                self.metrics.detector_leader.set(1 if self.is_leader else 0)
+                if self.is_leader:
+                    log.info("silence detector acting (advisory lock taken)")
+            if not self.is_leader:
+                return 0
+            marked = 0
+            limit = self.config.sweep_limit
+            while True:
+                # A mass silence (a site losing its network) goes in bounded statements.
+                started = time.perf_counter()
+                swept = await sweep_silent(
+                    conn,
+                    now=self.clock(),
+                    offline_after_s=self.config.offline_after_s,
+                    limit=limit,
+                )
+                self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+                marked += swept
+                if swept < limit:
+                    break
+            self.metrics.detector_runs.inc()
+            self.runs += 1
+            if marked:
+                self.transitions += marked
+                self.metrics.detector_transitions.labels("offline").inc(marked)
+                log.info("silence detector marked %d agents offline", marked)
+            await self._maybe_retain(conn)
+        return marked
+
+    async def _maybe_retain(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        if self.config.retention_days <= 0 or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + self.config.retention_check_interval_s
+        dropped = await apply_retention(
+            conn, edition=self._edition, older_than_s=self.config.retention_days * 86_400
+        )
+        if dropped:
+            log.info(
+                "retention dropped %d chunks older than %g days",
+                dropped,
+                self.config.retention_days,
+            )

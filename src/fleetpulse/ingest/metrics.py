@@ -1,0 +1,96 @@
+"""Ingest's Prometheus metrics, on a registry of their own (tests run several per process)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["IngestMetrics"]
+
+_BATCH_BUCKETS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+_SECONDS_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_LAG_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class IngestMetrics:
+    """Every metric ingest exports; names are a contract with the dashboards."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "fleetpulse_ingest_messages",
+            "Messages consumed, by result",
+            ["result"],
+            registry=r,
+        )
+        for result in ("stored", "duplicate", "invalid", "unauthorised"):
+            self.messages.labels(result)
+        self.batch_size = Histogram(
+            "fleetpulse_ingest_batch_size",
+            "Messages per committed batch",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "fleetpulse_ingest_commit_seconds",
+            "Time to write and commit one batch",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "fleetpulse_ingest_lag_seconds",
+            "Receive time minus the agent's sampled_at",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "fleetpulse_ingest_queue_depth", "Messages ready in the ingest queue", registry=r
+        )
+        self.dead_letters = Counter(
+            "fleetpulse_ingest_dead_letters",
+            "Messages sent to the dead-letter queue, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.db_retries = Counter(
+            "fleetpulse_ingest_db_retries",
+            "Batch writes retried after a database fault",
+            registry=r,
+        )
+        self.detector_runs = Counter(
+            "fleetpulse_detector_runs", "Silence sweeps run by the acting detector", registry=r
+        )
+        self.detector_transitions = Counter(
+            "fleetpulse_detector_transitions",
+            "Agents the detector moved, by new status",
+            ["to_status"],
+            registry=r,
+        )
+        self.detector_transitions.labels("offline")
+        self.detector_leader = Gauge(
+            "fleetpulse_detector_leader", "1 while this process is the acting detector", registry=r
+        )
+        self.detector_sweep_seconds = Histogram(
+            "fleetpulse_detector_sweep_seconds",
+            "Time of one silence sweep statement",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )

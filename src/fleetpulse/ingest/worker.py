@@ -1,0 +1,508 @@
+"""The stream processor: consume heartbeats in batches, write each batch in one
+transaction, ack after commit, dead-letter what cannot be stored.
+
+One AMQP connection (aiormq directly, no aio-pika robust layer: reconnects are ours)
+with a consuming channel and a confirming channel for dead letters. Deliveries pile up
+in a buffer while the previous batch commits, so batches size themselves to the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
+
+import aiormq
+import aiormq.abc
+from pamqp.commands import Basic
+
+from fleetpulse.config import Settings, mask_url
+from fleetpulse.errors import PoisonRowError, ServiceUnavailable, StoreError
+from fleetpulse.ingest.backoff import Backoff
+from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS, dead_letter, log_rejection
+from fleetpulse.ingest.metrics import IngestMetrics
+from fleetpulse.ingest.planner import (
+    Decoded,
+    Delivery,
+    Plan,
+    Rejection,
+    decode_batch,
+    plan_batch,
+)
+from fleetpulse.ingest.topology import declare_topology
+from fleetpulse.messages import INGEST_QUEUE, Heartbeat
+from fleetpulse.store import AgentState, BatchWrite, Database, WriteResult, write_batch
+
+__all__ = ["AMQP_CONNECTION_ERRORS", "CommitReport", "Ingest", "utc_now"]
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _reap(tasks: set[asyncio.Task[None]]) -> None:
+    """Forget finished tasks, re-raising the first failure (a lost channel, say)."""
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        task.result()
+
+
+@dataclass(slots=True)
+class CommitReport:
+    """What one batch did, handed to ``on_commit`` observers (tests, benchmarks)."""
+
+    heartbeats: list[Heartbeat]
+    stored: int
+    duplicate: int
+    rejected: list[Rejection]
+    committed_at: float  # time.time() after commit and ack
+    events: int = 0
+    messages: int = 0  # every delivery the batch settled, heartbeats or not
+
+
+@dataclass(slots=True)
+class _Session:
+    connection: aiormq.abc.AbstractConnection
+    channel: aiormq.abc.AbstractChannel
+    dead_letters: aiormq.abc.AbstractChannel
+    generation: int
+    consumer_tag: str = ""
+    lost: bool = False
+
+
+class _Abandoned(Exception):
+    """The batch cannot be acked any more (connection gone, or shutdown past its deadline)."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    plans: list[Plan] = field(default_factory=list)
+    results: list[WriteResult] = field(default_factory=list)
+    poisoned: list[Rejection] = field(default_factory=list)
+
+
+class Ingest:
+    """``async with Ingest(settings) as ingest``: consuming until :meth:`stop` or exit.
+
+    States: new → running → stopping → closed. ``clock`` stamps receive times;
+    ``sleep`` drives every backoff (tests pass an instant one).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: IngestMetrics | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        on_commit: Callable[[CommitReport], None] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.ingest
+        self.metrics = metrics or IngestMetrics()
+        self.clock = clock
+        self._sleep = sleep
+        self.on_commit = on_commit
+        self.name = name or f"fleetpulse-ingest-{uuid.uuid4().hex[:8]}"
+        self.state: Literal["new", "running", "stopping", "closed"] = "new"
+        self.db = Database(settings.database)
+        self.queue_type: str | None = None
+        self.sessions_started = 0
+        self.consuming = asyncio.Event()
+        self._buffer: list[Delivery] = []
+        self._first_at = 0.0
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._generation = 0
+        self._session: _Session | None = None
+        self._drain_deadline: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        backoff = self._backoff()
+        while not self._stop.is_set():
+            try:
+                await self.db.open()
+                break
+            except ServiceUnavailable as exc:
+                log.warning("ingest waits for the database: %s", exc)
+                await self._interruptible(backoff.wait())
+        else:
+            return  # asked to stop before the database ever answered
+        self.state = "running"
+        self._tasks.append(asyncio.create_task(self._consume_forever(), name="ingest-consume"))
+        self._tasks.append(asyncio.create_task(self._watch_queue_depth(), name="ingest-depth"))
+
+    def request_stop(self) -> None:
+        """Ask a starting or running ingest to stop (safe from a signal handler)."""
+        self._stop.set()
+        self._wakeup.set()
+        self._full.set()
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop intake, commit and ack what is buffered (up to ``timeout_s``), then close."""
+        if self.state in {"stopping", "closed"}:
+            return
+        self.state = "stopping"
+        limit = self.config.drain_timeout_s if timeout_s is None else timeout_s
+        self._drain_deadline = time.monotonic() + limit
+        self._stop.set()
+        self._wakeup.set()
+        self._full.set()
+        consume, others = (self._tasks[0], self._tasks[1:]) if self._tasks else (None, [])
+        for task in others:
+            task.cancel()
+        if consume is not None:
+            try:
+                await asyncio.wait_for(consume, timeout=limit + 1.0)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning(
+                    "ingest drain exceeded %.1fs; unacked messages will be redelivered", limit
+                )
+        await asyncio.gather(*others, return_exceptions=True)
+        await self.db.close()
+        self.state = "closed"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.config.retry_initial_s, self.config.retry_max_s, sleep=self._sleep)
+
+    # ------------------------------------------------------------------ the broker side
+
+    async def _consume_forever(self) -> None:
+        backoff = self._backoff()
+        while not self._stop.is_set():
+            try:
+                await self._run_session(backoff)
+            except AMQP_CONNECTION_ERRORS as exc:
+                self.consuming.clear()
+                self._forget_session()
+                if self._stop.is_set():
+                    break
+                log.warning(
+                    "broker connection to %s lost (%s: %s); reconnecting",
+                    mask_url(self.settings.amqp.url),
+                    type(exc).__name__,
+                    exc,
+                )
+                await self._interruptible(backoff.wait())
+        self.consuming.clear()
+
+    async def _interruptible(self, waiting: Any) -> None:
+        task = asyncio.ensure_future(waiting)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, stopper):
+                pending.cancel()
+
+    def _forget_session(self) -> None:
+        if self._session is not None:
+            self._session.lost = True
+        self._session = None
+        # Unacked deliveries of a dead channel come back from the broker; drop our copies.
+        self._buffer.clear()
+        self._wakeup.clear()
+        self._full.clear()
+
+    async def _run_session(self, backoff: Backoff) -> None:
+        connection = await aiormq.connect(
+            self.settings.amqp.url, client_properties={"connection_name": self.name}
+        )
+        try:
+            self.queue_type = await declare_topology(connection)
+            channel = await connection.channel(publisher_confirms=False)
+            dead_letters = await connection.channel(publisher_confirms=True)
+            await channel.basic_qos(prefetch_count=self.config.prefetch)
+            self._generation += 1
+            session = _Session(connection, channel, dead_letters, self._generation)
+            self._session = session
+            consume_ok = await channel.basic_consume(
+                INGEST_QUEUE, self._on_message_for(session), no_ack=False
+            )
+            session.consumer_tag = consume_ok.consumer_tag or ""
+            self.sessions_started += 1
+            self.consuming.set()
+            backoff.reset()
+            log.info("ingest %s consuming %s (%s queue)", self.name, INGEST_QUEUE, self.queue_type)
+            await self._batch_loop(session)
+        finally:
+            with contextlib.suppress(*AMQP_CONNECTION_ERRORS, RuntimeError):
+                await connection.close()
+
+    def _on_message_for(self, session: _Session) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
+        buffer = self._buffer
+        clock = self.clock
+        generation = session.generation
+        batch_max = self.config.batch_max_messages
+        wakeup = self._wakeup
+        full = self._full
+
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            if session.lost:
+                return
+            properties = message.header.properties
+            delivery = message.delivery
+            assert isinstance(delivery, Basic.Deliver)
+            buffer.append(
+                Delivery(
+                    delivery.delivery_tag or 0,
+                    message.body,
+                    properties.user_id,
+                    clock(),
+                    delivery.routing_key or "",
+                    properties.headers,
+                    generation,
+                )
+            )
+            size = len(buffer)
+            if size == 1:
+                self._first_at = time.monotonic()
+                wakeup.set()
+            if size >= batch_max:
+                full.set()
+
+        return on_message
+
+    async def _wait_for(self, event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    async def _batch_loop(self, session: _Session) -> None:
+        """Form batches and write up to ``commit_pipeline`` of them at once.
+
+        Writes overlap (the database works on one while Python prepares the next), but
+        settling is chained: a batch acks only after the one before it has acked, since
+        a multiple-ack covers every earlier delivery tag.
+        """
+        age_s = self.config.batch_max_age_s
+        batch_max = self.config.batch_max_messages
+        depth = self.config.commit_pipeline
+        connection = session.connection
+        inflight: set[asyncio.Task[None]] = set()
+        previous: asyncio.Future[bool] | None = None
+        try:
+            while True:
+                if connection.is_closed:
+                    raise ConnectionError("broker connection closed")
+                _reap(inflight)
+                if self._stop.is_set():
+                    await asyncio.gather(*inflight)
+                    await self._drain(session, previous)
+                    return
+                if not self._buffer:
+                    self._wakeup.clear()
+                    await self._wait_for(self._wakeup, 0.25)
+                    continue
+                if len(self._buffer) < batch_max:
+                    remaining = age_s - (time.monotonic() - self._first_at)
+                    if remaining > 0:
+                        self._full.clear()
+                        await self._wait_for(self._full, remaining)
+                        continue
+                if len(inflight) >= depth:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batch = self._buffer[:batch_max]
+                del self._buffer[:batch_max]
+                settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                inflight.add(asyncio.create_task(self._process(batch, session, previous, settled)))
+                previous = settled
+                # What is left waited through earlier commits: due as soon as a slot frees.
+                self._first_at = time.monotonic() - age_s
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _drain(self, session: _Session, previous: asyncio.Future[bool] | None) -> None:
+        if session.consumer_tag:
+            with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
+                await session.channel.basic_cancel(session.consumer_tag)
+        batch_max = self.config.batch_max_messages
+        while self._buffer:
+            batch = self._buffer[:batch_max]
+            del self._buffer[:batch_max]
+            settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            await self._process(batch, session, previous, settled)
+            previous = settled
+
+    def _check_alive(self, session: _Session) -> None:
+        if session.lost or session.channel.is_closed:
+            raise _Abandoned("broker channel closed; the batch will be redelivered")
+        if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+            raise _Abandoned("shutdown deadline passed; the batch will be redelivered")
+
+    # ------------------------------------------------------------------ one batch
+
+    async def _process(
+        self,
+        batch: Sequence[Delivery],
+        session: _Session,
+        previous: asyncio.Future[bool] | None,
+        settled: asyncio.Future[bool],
+    ) -> None:
+        decoded, invalid = decode_batch(batch)
+        acked = False
+        try:
+            outcome = await self._write_all(decoded, session)
+            if previous is not None and not await previous:
+                # Acking now would cover the earlier, unacked tags: leave this one too.
+                raise _Abandoned("an earlier batch was not acked; this one will be redelivered")
+            self._check_alive(session)
+            rejected = invalid + outcome.poisoned
+            for plan in outcome.plans:
+                rejected.extend(plan.rejected)
+            await self._settle(batch, rejected, session)
+            acked = True
+        except _Abandoned as exc:
+            log.warning("%s (%d messages)", exc, len(batch))
+            return
+        finally:
+            if not settled.done():
+                settled.set_result(acked)
+        self._account(outcome, rejected, len(batch))
+
+    def _account(self, outcome: _Outcome, rejected: list[Rejection], size: int) -> None:
+        m = self.metrics
+        stored = sum(r.samples_stored for r in outcome.results)
+        duplicate = sum(r.samples_duplicate for r in outcome.results)
+        goodbyes = sum(p.goodbyes for p in outcome.plans)
+        m.messages.labels("stored").inc(stored + goodbyes)
+        if duplicate:
+            m.messages.labels("duplicate").inc(duplicate)
+        for rejection in rejected:
+            m.messages.labels(rejection.result).inc()
+            m.dead_letters.labels(rejection.reason).inc()
+        m.batch_size.observe(size)
+        heartbeats: list[Heartbeat] = []
+        observe_lag = m.lag_seconds.observe
+        for plan in outcome.plans:
+            for item in plan.heartbeats:
+                message = item.message
+                assert isinstance(message, Heartbeat)
+                heartbeats.append(message)
+                observe_lag((item.delivery.received_at - message.sampled_at).total_seconds())
+        if self.on_commit is not None:
+            self.on_commit(
+                CommitReport(
+                    heartbeats,
+                    stored,
+                    duplicate,
+                    rejected,
+                    time.time(),
+                    sum(r.events for r in outcome.results),
+                    size,
+                )
+            )
+
+    async def _write_all(self, decoded: list[Decoded], session: _Session) -> _Outcome:
+        """Write, splitting on a poison row until the offending message stands alone."""
+        outcome = _Outcome()
+        parts: list[list[Decoded]] = [decoded] if decoded else []
+        while parts:
+            part = parts.pop()
+            try:
+                plan, result = await self._write_with_retry(part, session)
+            except PoisonRowError as exc:
+                if len(part) == 1:
+                    log.warning("database refused message %d: %s", part[0].delivery.tag, exc)
+                    outcome.poisoned.append(
+                        Rejection(part[0].delivery, "refused_by_database", str(exc), "invalid")
+                    )
+                    continue
+                middle = len(part) // 2
+                parts.append(part[middle:])
+                parts.append(part[:middle])
+                continue
+            outcome.plans.append(plan)
+            outcome.results.append(result)
+        return outcome
+
+    async def _write_with_retry(
+        self, part: list[Decoded], session: _Session
+    ) -> tuple[Plan, WriteResult]:
+        backoff = self._backoff()
+        agent_ids = sorted({item.message.agent_id for item in part})
+        config = self.config
+        made: list[Plan] = []
+
+        def plan(state: dict[uuid.UUID, AgentState]) -> BatchWrite:
+            made.clear()
+            made.append(
+                plan_batch(
+                    part,
+                    state,
+                    require_user_id=config.require_user_id,
+                    gpu_pool=config.default_gpu_pool,
+                    cpu_pool=config.default_cpu_pool,
+                )
+            )
+            return made[0].write
+
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self.db.connection() as conn:
+                    _, result = await write_batch(conn, agent_ids, plan, method=config.write_method)
+            except PoisonRowError:
+                raise
+            except (ServiceUnavailable, StoreError) as exc:
+                self.metrics.db_retries.inc()
+                log.warning("batch of %d not written, retrying: %s", len(part), exc)
+                self._check_alive(session)
+                await backoff.wait()
+                self._check_alive(session)
+                continue
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            return made[0], result
+
+    async def _settle(
+        self, batch: Sequence[Delivery], rejected: list[Rejection], session: _Session
+    ) -> None:
+        """Dead-letter the rejected (with their reason), then ack the rest in one frame."""
+        individually_rejected: set[int] = set()
+        if rejected and session.dead_letters.is_closed:
+            # The broker closed it (say, the dead-letter exchange was deleted): try anew.
+            with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
+                session.dead_letters = await session.connection.channel(publisher_confirms=True)
+        for rejection in rejected:
+            log_rejection(rejection)
+            if not await dead_letter(session.dead_letters, rejection):
+                await session.channel.basic_reject(rejection.delivery.tag, requeue=False)
+                individually_rejected.add(rejection.delivery.tag)
+        tags = [d.tag for d in batch if d.tag not in individually_rejected]
+        if tags:
+            await session.channel.basic_ack(max(tags), multiple=True)
+
+    # ------------------------------------------------------------------ queue depth
+
+    async def _watch_queue_depth(self) -> None:
+        while True:
+            session = self._session
+            if session is not None and not session.dead_letters.is_closed:
+                try:
+                    declared = await session.dead_letters.queue_declare(INGEST_QUEUE, passive=True)
+                    self.metrics.queue_depth.set(declared.message_count or 0)
+                except AMQP_CONNECTION_ERRORS as exc:
+                    log.debug("queue depth unavailable: %s", exc)
+            await asyncio.sleep(self.config.queue_depth_interval_s)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+
+from fleetpulse.config import AmqpSettings, Settings
+from fleetpulse.errors import ServiceUnavailable
+from fleetpulse.ingest import Backoff, IngestMetrics, agent_permissions, create_agent_credentials
+
+
+async def test_backoff_is_capped_jittered_and_resettable() -> None:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    backoff = Backoff(0.1, 1.0, sleep=sleep, rng=random.Random(7))
+    for _ in range(10):
+        await backoff.wait()
+    assert all(0 <= s <= 1.0 for s in slept)
+    assert max(slept[:1]) <= 0.1
+    assert len(set(slept)) == len(slept)  # jittered, not lock-step
+    backoff.reset()
+    assert backoff.attempt == 0
+    assert backoff.next_delay() <= 0.1
+
+
+def test_metric_names_match_the_dashboard_contract() -> None:
+    metrics = IngestMetrics()
+    text = generate_latest(metrics.registry).decode()
+    for name in (
+        'fleetpulse_ingest_messages_total{result="stored"}',
+        'fleetpulse_ingest_messages_total{result="unauthorised"}',
+        "fleetpulse_ingest_batch_size_bucket",
+        "fleetpulse_ingest_commit_seconds_bucket",
+        "fleetpulse_ingest_lag_seconds_bucket",
+        "fleetpulse_ingest_queue_depth",
+        "fleetpulse_ingest_db_retries_total",
+        "fleetpulse_detector_runs_total",
+        'fleetpulse_detector_transitions_total{to_status="offline"}',
+        "fleetpulse_detector_leader",
+        "fleetpulse_detector_sweep_seconds_bucket",
+    ):
+        assert name in text, name
+    metrics.dead_letters.labels("malformed").inc()
+    assert (
+        'fleetpulse_ingest_dead_letters_total{reason="malformed"} 1.0'
+        in generate_latest(metrics.registry).decode()
+    )
+    IngestMetrics()  # a second registry in one process does not collide
+
+
+def test_agent_permissions_restrict_routing_keys_to_the_agent() -> None:
+    perms = agent_permissions("3f0c-aa")
+    pattern = re.compile(perms.topic_write)
+    assert pattern.match("heartbeat.render.3f0c-aa")
+    assert not pattern.match("heartbeat.render.other")
+    assert not pattern.match("heartbeat.a.b.3f0c-aa")
+    assert re.fullmatch(perms.configure, "fleetpulse.heartbeats")
+    assert not re.fullmatch(perms.configure, "fleetpulse.ingest")
+    assert perms.read == "^$"
+    assert re.compile(agent_permissions(None).topic_write).match("heartbeat.x.anyone")
+
+
+def test_create_agent_credentials_calls_management_api() -> None:
+    calls: list[tuple[str, str, dict]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, request.url.path, json.loads(request.content)))
+        return httpx.Response(201)
+
+    settings = Settings(
+        amqp=AmqpSettings(
+            url="amqp://guest:guest@rabbit:5672/fleet",
+            management_url="http://admin:pw@rabbit:15672",
+        )
+    )
+    out = io.StringIO()
+    code = create_agent_credentials(
+        settings,
+        name="ws-17",
+        agent_id="abc",
+        password=None,
+        transport=httpx.MockTransport(handler),
+        out=out,
+    )
+    assert code == 0
+    assert [c[:2] for c in calls] == [
+        ("PUT", "/api/users/ws-17"),
+        ("PUT", "/api/permissions/fleet/ws-17"),
+        ("PUT", "/api/topic-permissions/fleet/ws-17"),
+    ]
+    password = calls[0][2]["password"]
+    assert len(password) >= 24
+    text = out.getvalue()
+    assert f"password: {password}" in text
+    assert "amqp://ws-17:" in text
+    assert "@rabbit:5672/fleet" in text
+    assert calls[2][2]["write"] == r"^heartbeat\.[^.]+\.abc$"
+
+
+def test_create_agent_credentials_reports_refusal_and_unreachable(capsys) -> None:
+    settings = Settings()
+    refused = httpx.MockTransport(lambda r: httpx.Response(401, text="no"))
+    assert (
+        create_agent_credentials(
+            settings, name="x", agent_id=None, password="p", transport=refused, out=io.StringIO()
+        )
+        == 1
+    )
+    assert "401" in capsys.readouterr().err
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(ServiceUnavailable, match="management API"):
+        create_agent_credentials(
+            settings,
+            name="x",
+            agent_id=None,
+            password="p",
+            transport=httpx.MockTransport(down),
+            out=io.StringIO(),
+        )
