@@ -21,11 +21,11 @@ from fleetpulse.messages import Goodbye, Heartbeat, Message, decode
 from fleetpulse.store import (
     AgentState,
     BatchWrite,
+    EventRow,
     GoodbyeRow,
     GpuRow,
     RegistryRow,
     SampleRow,
-    StatusEvent,
 )
 
 __all__ = [
@@ -205,7 +205,7 @@ def plan_batch(
         if agent_id not in last_received or received > last_received[agent_id]:
             last_received[agent_id] = received
     registry: list[RegistryRow] = []
-    events: list[StatusEvent] = []
+    events: list[EventRow] = []
     for agent_id in sorted(newest):
         message, delivery, pool = newest[agent_id]
         metrics = message.resource_metrics
@@ -237,13 +237,11 @@ def plan_batch(
         before = state.get(agent_id)
         if before is None:
             events.append(
-                StatusEvent(agent_id, first_received[agent_id], None, "online", "first_heartbeat")
+                EventRow(agent_id, first_received[agent_id], None, "online", "first_heartbeat")
             )
         elif before.status != "online":
             events.append(
-                StatusEvent(
-                    agent_id, first_received[agent_id], before.status, "online", "heartbeat"
-                )
+                EventRow(agent_id, first_received[agent_id], before.status, "online", "heartbeat")
             )
     write = BatchWrite(samples, gpus, registry, events, goodbyes)
     return Plan(write, rejected, accepted, len(goodbyes))

@@ -23,11 +23,11 @@ from fleetpulse.errors import StoreError
 __all__ = [
     "AgentState",
     "BatchWrite",
+    "EventRow",
     "GoodbyeRow",
     "GpuRow",
     "RegistryRow",
     "SampleRow",
-    "StatusEvent",
     "WriteMethod",
     "WriteResult",
     "lock_agents",
@@ -110,7 +110,7 @@ class GoodbyeRow(NamedTuple):
     received_at: datetime
 
 
-class StatusEvent(NamedTuple):
+class EventRow(NamedTuple):
     agent_id: uuid.UUID
     at: datetime
     from_status: str | None
@@ -130,7 +130,7 @@ class BatchWrite(NamedTuple):
     samples: Sequence[SampleRow]
     gpus: Sequence[GpuRow]
     registry: Sequence[RegistryRow]
-    events: Sequence[StatusEvent]
+    events: Sequence[EventRow]
     goodbyes: Sequence[GoodbyeRow]
 
 
