@@ -1,0 +1,407 @@
+"""An in-process index of the registry that answers capacity queries in well under a millisecond.
+
+Why: at 100k agents a selective or empty capacity filter makes PostgreSQL scan the registry
+(20–35 ms; 160–200 ms at 1M) and per-request SQL caps the API far below its framework ceiling.
+The index keeps one column per filterable quantity (numpy, one slot per agent) plus the sort
+order (free VRAM desc, available cores desc, agent_id); a query is a few vectorised compares
+over all slots, a gather in sort order, and an exact per-GPU check of only the rows returned.
+
+:class:`RegistryIndex` is pure (no I/O). :class:`RegistryFollower` keeps one fresh from the
+database: a full load at start, then on every ``fleetpulse_registry`` notification (and at
+least every ``poll_interval_s``) it fetches the rows whose ``updated_at`` moved, at most once
+per ``refresh_interval_s``; a full reload every ``resync_interval_s`` drops deleted agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Final, Self
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from fleetpulse.errors import FleetpulseError
+from fleetpulse.store.engine import RETRYABLE_DB_ERRORS, Database, connect
+from fleetpulse.store.queries import AgentRecord, fetch_registry, fetch_reliability
+
+__all__ = [
+    "CapacityFilter",
+    "CapacityMatch",
+    "RegistryFollower",
+    "RegistryIndex",
+    "matching_gpus",
+]
+
+log = logging.getLogger(__name__)
+
+TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
+_NO_CODE: Final = -1
+_MIXED: Final = -2
+_BYTES_OF_ID: Final = 64
+_COLUMNS: Final = (
+    "_online",
+    "_cores",
+    "_mem",
+    "_vram",
+    "_sampled",
+    "_pool",
+    "_type",
+    "_usable",
+    "_free",
+    "_rel",
+    "_idkey",
+)
+
+
+class CapacityFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What a scheduler asks for. GPU conditions apply per device (a job runs on one GPU)."""
+
+    min_gpu_vram_gb: float = 0.0
+    min_cpu_cores: int = 0
+    min_mem_gb: float = 0.0
+    min_gpu_count: int = 0
+    gpu_type: str | None = None
+    pool: str | None = None
+    max_sample_age_s: float | None = None
+    min_reliability: float | None = None
+    limit: int = 100
+
+    @property
+    def gpus_needed(self) -> int:
+        """How many GPUs must satisfy the per-GPU conditions (0: no GPU condition)."""
+        wants_gpu = self.min_gpu_vram_gb > 0 or self.gpu_type is not None
+        return max(self.min_gpu_count, 1 if wants_gpu else 0)
+
+
+class CapacityMatch(msgspec.Struct, frozen=True):
+    record: AgentRecord
+    matching_gpus: tuple[int, ...]
+    reliability_30d: float | None
+
+
+def matching_gpus(record: AgentRecord, query: CapacityFilter) -> tuple[int, ...]:
+    """Indexes of the GPUs that are capacity (no error) and satisfy the per-GPU conditions."""
+    return tuple(
+        gpu.index
+        for gpu in record.gpus
+        if not gpu.error
+        and gpu.vram_free_gb >= query.min_gpu_vram_gb
+        and (query.gpu_type is None or gpu.name == query.gpu_type)
+    )
+
+
+def _id_key(agent_id: uuid.UUID) -> int:
+    # PostgreSQL orders uuids bytewise, which the high 64 bits decide in practice.
+    return agent_id.int >> _BYTES_OF_ID
+
+
+class RegistryIndex:
+    """Columns of the latest registry state, one slot per agent, plus the capacity order."""
+
+    def __init__(self, initial_slots: int = 1024) -> None:
+        self._reliability: dict[uuid.UUID, float] = {}
+        self.version = 0
+        self.as_of: datetime | None = None
+        self._reset(initial_slots)
+
+    def _reset(self, slots: int) -> None:
+        self._slots: dict[uuid.UUID, int] = {}
+        self._records: list[AgentRecord | None] = []
+        self._pool_codes: dict[str, int] = {}
+        self._type_codes: dict[str, int] = {}
+        self._allocate(slots)
+        self._order: npt.NDArray[np.intp] = np.empty(0, dtype=np.intp)
+        self._order_stale = True
+
+    def _allocate(self, size: int) -> None:
+        self._online = np.zeros(size, dtype=bool)
+        self._cores = np.zeros(size, dtype=np.int64)
+        self._mem = np.zeros(size, dtype=np.float64)
+        self._vram = np.zeros(size, dtype=np.float64)
+        self._sampled = np.full(size, -np.inf, dtype=np.float64)
+        self._pool = np.full(size, _NO_CODE, dtype=np.int32)
+        self._type = np.full(size, _NO_CODE, dtype=np.int32)
+        self._usable = np.zeros(size, dtype=np.int32)
+        self._free = np.full((size, TOP_GPUS), -1.0, dtype=np.float64)
+        self._rel = np.full(size, np.nan, dtype=np.float64)
+        self._idkey = np.zeros(size, dtype=np.uint64)
+
+    def _grow(self, needed: int) -> None:
+        size = len(self._online)
+        if needed <= size:
+            return
+        new_size = max(needed, size * 2)
+        old = {name: getattr(self, name) for name in _COLUMNS}
+        self._allocate(new_size)
+        for name, before in old.items():
+            getattr(self, name)[:size] = before
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def get(self, agent_id: uuid.UUID) -> AgentRecord | None:
+        slot = self._slots.get(agent_id)
+        return None if slot is None else self._records[slot]
+
+    def records(self) -> Iterator[AgentRecord]:
+        return (r for r in self._records if r is not None)
+
+    def reliability(self, agent_id: uuid.UUID) -> float | None:
+        return self._reliability.get(agent_id)
+
+    @staticmethod
+    def _code(codes: dict[str, int], name: str) -> int:
+        code = codes.get(name)
+        if code is None:
+            code = codes[name] = len(codes)
+        return code
+
+    def apply(self, records: Iterable[AgentRecord]) -> int:
+        """Insert or replace rows; returns how many changed (same ``updated_at`` = unchanged)."""
+        changed: list[tuple[int, AgentRecord]] = []
+        for record in records:
+            slot = self._slots.get(record.agent_id)
+            if slot is None:
+                slot = len(self._records)
+                self._slots[record.agent_id] = slot
+                self._records.append(record)
+            else:
+                old = self._records[slot]
+                if old is not None and old.updated_at >= record.updated_at:
+                    continue
+                self._records[slot] = record
+            changed.append((slot, record))
+        if not changed:
+            return 0
+        self._grow(len(self._records))
+        slots = np.fromiter((s for s, _ in changed), dtype=np.intp, count=len(changed))
+        rows = [r for _, r in changed]
+        self._online[slots] = [r.status == "online" for r in rows]
+        self._cores[slots] = [r.cpu_available_cores for r in rows]
+        self._mem[slots] = [r.mem_available_gb for r in rows]
+        self._vram[slots] = [r.gpu_vram_available_gb for r in rows]
+        self._sampled[slots] = [
+            r.last_sampled_at.timestamp() if r.last_sampled_at else -math.inf for r in rows
+        ]
+        self._pool[slots] = [self._code(self._pool_codes, r.pool_name) for r in rows]
+        self._idkey[slots] = [_id_key(r.agent_id) for r in rows]
+        self._rel[slots] = [self._reliability.get(r.agent_id, math.nan) for r in rows]
+        free = np.full((len(rows), TOP_GPUS), -1.0, dtype=np.float64)
+        usable = np.zeros(len(rows), dtype=np.int32)
+        types = np.full(len(rows), _NO_CODE, dtype=np.int32)
+        for i, r in enumerate(rows):
+            good = [g for g in r.gpus if not g.error]
+            usable[i] = len(good)
+            best = sorted((g.vram_free_gb for g in good), reverse=True)[:TOP_GPUS]
+            free[i, : len(best)] = best
+            names = {g.name for g in good}
+            if len(names) == 1:
+                types[i] = self._code(self._type_codes, names.pop())
+            elif names:
+                types[i] = _MIXED
+        self._free[slots] = free
+        self._usable[slots] = usable
+        self._type[slots] = types
+        self._order_stale = True
+        self.version += 1
+        return len(changed)
+
+    def replace_all(self, records: Iterable[AgentRecord]) -> None:
+        """Start over from a full read of the registry (drops agents no longer there)."""
+        self._reset(max(1024, len(self._records)))
+        self.apply(records)
+        self.version += 1
+
+    def set_reliability(self, scores: Mapping[uuid.UUID, float]) -> None:
+        self._reliability = dict(scores)
+        self._rel[:] = np.nan
+        for agent_id, score in scores.items():
+            slot = self._slots.get(agent_id)
+            if slot is not None:
+                self._rel[slot] = score
+
+    def _ensure_order(self) -> None:
+        if not self._order_stale:
+            return
+        n = len(self._records)
+        # lexsort: the last key is the primary one.
+        self._order = np.lexsort((self._idkey[:n], -self._cores[:n], -self._vram[:n]))
+        self._order_stale = False
+
+    def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
+        """Online agents satisfying ``query``, most free VRAM first, then most cores."""
+        if query.limit <= 0:
+            return []
+        n = len(self._records)
+        mask = self._online[:n].copy()
+        if query.min_cpu_cores > 0:
+            mask &= self._cores[:n] >= query.min_cpu_cores
+        if query.min_mem_gb > 0:
+            mask &= self._mem[:n] >= query.min_mem_gb
+        if query.pool is not None:
+            pool = self._pool_codes.get(query.pool)
+            if pool is None:
+                return []
+            mask &= self._pool[:n] == pool
+        if query.gpu_type is not None:
+            kind = self._type_codes.get(query.gpu_type)
+            if kind is None:
+                return []
+            mask &= (self._type[:n] == kind) | (self._type[:n] == _MIXED)
+        need = query.gpus_needed
+        if need > 0:
+            mask &= self._free[:n, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
+            if need > TOP_GPUS:
+                mask &= self._usable[:n] >= need
+        if query.max_sample_age_s is not None:
+            clock = time.time() if now is None else now
+            mask &= self._sampled[:n] >= clock - query.max_sample_age_s
+        if query.min_reliability is not None:
+            mask &= self._rel[:n] >= query.min_reliability
+        self._ensure_order()
+        hits = self._order[np.flatnonzero(mask[self._order])]
+        found: list[CapacityMatch] = []
+        for slot in hits.tolist():
+            record = self._records[slot]
+            if record is None:  # pragma: no cover - a removed slot is never online
+                continue
+            gpus = matching_gpus(record, query) if need > 0 else ()
+            if len(gpus) < need:
+                continue  # mixed GPU types or more GPUs than the columns keep: checked exactly
+            if need == 0:
+                gpus = matching_gpus(record, query)
+            found.append(CapacityMatch(record, gpus, self._reliability.get(record.agent_id)))
+            if len(found) >= query.limit:
+                break
+        return found
+
+
+class RegistryFollower:
+    """Keeps a :class:`RegistryIndex` fresh from the database (LISTEN/NOTIFY + updated_at)."""
+
+    def __init__(
+        self,
+        db: Database,
+        index: RegistryIndex,
+        *,
+        refresh_interval_s: float = 1.0,
+        poll_interval_s: float = 5.0,
+        resync_interval_s: float = 300.0,
+        reliability_interval_s: float = 60.0,
+        overlap_s: float = 2.0,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.index = index
+        self.refresh_interval_s = refresh_interval_s
+        self.poll_interval_s = poll_interval_s
+        self.resync_interval_s = resync_interval_s
+        self.reliability_interval_s = reliability_interval_s
+        self.overlap = timedelta(seconds=overlap_s)
+        self.retry_max_s = retry_max_s
+        self.refreshes = 0
+        self.last_refresh_s = 0.0
+        self._watermark: datetime | None = None
+        self._last_full = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refresh_lock = asyncio.Lock()
+
+    async def refresh(self, *, full: bool = False) -> int:
+        """Read what changed (everything if ``full``) into the index; returns rows changed."""
+        async with self._refresh_lock:
+            started = time.perf_counter()
+            async with self.db.connection() as conn:
+                cur = await conn.execute("SELECT now()")
+                row = await cur.fetchone()
+                db_now: datetime = row[0] if row else datetime.now().astimezone()
+                if full or self._watermark is None:
+                    rows = await fetch_registry(conn)
+                    self.index.replace_all(rows)
+                    changed = len(rows)
+                    self._last_full = time.monotonic()
+                else:
+                    rows = await fetch_registry(conn, updated_after=self._watermark)
+                    changed = self.index.apply(rows)
+            # Rows are stamped with their transaction's start: re-read a little behind the
+            # newest seen so a transaction that committed late is not skipped.
+            newest = max((r.updated_at for r in rows), default=None)
+            if newest is not None:
+                mark = min(newest, db_now) - self.overlap
+                self._watermark = mark if self._watermark is None else max(self._watermark, mark)
+            elif self._watermark is None:
+                self._watermark = db_now - self.overlap
+            self.index.as_of = db_now
+            self.refreshes += 1
+            self.last_refresh_s = time.perf_counter() - started
+            return changed
+
+    async def refresh_reliability(self) -> None:
+        async with self.db.connection() as conn:
+            scores = await fetch_reliability(conn, now=datetime.now().astimezone())
+        self.index.set_reliability(scores)
+
+    async def __aenter__(self) -> Self:
+        await self.refresh(full=True)
+        await self.refresh_reliability()
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="registry-follower"),
+            asyncio.create_task(self._reliability_loop(), name="registry-reliability"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _pause(self, attempt: int) -> None:
+        cap = min(self.retry_max_s, 0.2 * 2**attempt)
+        await asyncio.sleep(random.uniform(0, cap))
+
+    async def _follow(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
+                async with conn:
+                    await conn.execute("LISTEN fleetpulse_registry")
+                    await self.refresh()  # what changed while nobody listened
+                    attempt = 0
+                    await self._listen(conn)
+            except (FleetpulseError, *RETRYABLE_DB_ERRORS, psycopg.Error) as exc:
+                log.warning("registry follower: %s; retrying", exc)
+                await self._pause(attempt)
+                attempt += 1
+
+    async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        next_allowed = time.monotonic()
+        while True:
+            async for _ in conn.notifies(timeout=self.poll_interval_s, stop_after=1):
+                pass
+            wait = next_allowed - time.monotonic()
+            if wait > 0:  # coalesce a burst of writes into one read
+                await asyncio.sleep(wait)
+            full = time.monotonic() - self._last_full >= self.resync_interval_s
+            await self.refresh(full=full)
+            next_allowed = time.monotonic() + self.refresh_interval_s
+
+    async def _reliability_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reliability_interval_s)
+            try:
+                await self.refresh_reliability()
+            except FleetpulseError as exc:
+                log.warning("reliability refresh failed: %s", exc)
