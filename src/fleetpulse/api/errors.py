@@ -42,13 +42,23 @@ def _body(
     )
 
 
+# Parameters whose name on the wire differs from the handler's argument.
+WIRE_NAMES: Final = {"last_event_id": "Last-Event-ID"}
+
+
+def _wire(entry: dict[str, Any]) -> dict[str, Any]:
+    source = entry.get("source", "query")
+    source = str(getattr(source, "value", source)).lower()
+    key = str(entry["key"])
+    return {**entry, "key": WIRE_NAMES.get(key, key), "source": source}
+
+
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
     extra = exc.extra if isinstance(exc.extra, list) else []
-    named = [e for e in extra if isinstance(e, dict) and e.get("key")]
+    named = [_wire(e) for e in extra if isinstance(e, dict) and e.get("key")]
     if named and exc.detail.startswith("Validation failed"):
         parts = [
-            f"invalid {e.get('source', 'query')} parameter {e['key']!r}: "
-            f"{e.get('message', 'invalid')}"
+            f"invalid {e['source']} parameter {e['key']!r}: {e.get('message', 'invalid')}"
             for e in named
         ]
         detail = "; ".join(parts)

@@ -191,12 +191,15 @@ async def test_index_answers_equal_sql_on_a_random_fleet(conn, client_for, db_ur
         {"min_gpu_vram_gb": 100},
         {"min_cpu_cores": 30, "limit": 3},
     ]
-    async with client_for() as client:
-        async with store.Database(DatabaseSettings(url=db_url)) as db, db.connection() as c:
-            for q in queries:
-                api = [r["agent_id"] for r in (await client.get(CAP, params=q)).json()["items"]]
-                sql = await store.sql_capacity(c, now=datetime.now(UTC), **q)
-                assert api == [str(a) for a in sql], q
+    async with (
+        client_for() as client,
+        store.Database(DatabaseSettings(url=db_url)) as db,
+        db.connection() as c,
+    ):
+        for q in queries:
+            api = [r["agent_id"] for r in (await client.get(CAP, params=q)).json()["items"]]
+            sql = await store.sql_capacity(c, now=datetime.now(UTC), **q)
+            assert api == [str(a) for a in sql], q
 
 
 async def test_index_follows_registry_writes(conn, client_for) -> None:

@@ -78,11 +78,12 @@ def parse_bucket(text: str) -> timedelta:
     return timedelta(seconds=int(digits) * _UNITS[unit])
 
 
-def _auto_bucket(span: timedelta) -> timedelta:
+def _auto_bucket(span: timedelta, max_points: int) -> timedelta:
+    points = min(DEFAULT_POINTS, max_points)
     for seconds in NICE_BUCKETS_S:
-        if span.total_seconds() / seconds <= DEFAULT_POINTS:
+        if span.total_seconds() / seconds <= points:
             return timedelta(seconds=seconds)
-    return timedelta(seconds=math.ceil(span.total_seconds() / DEFAULT_POINTS))
+    return timedelta(seconds=math.ceil(span.total_seconds() / points))
 
 
 def _all_gpus(record: AgentRecord) -> tuple[int, ...]:
@@ -261,7 +262,7 @@ class AgentRoutes(Controller):
             raise BadParameter(
                 "since", f"range over {settings.history_max_range_s:g} s (api.history_max_range_s)"
             )
-        width = parse_bucket(bucket) if bucket is not None else _auto_bucket(span)
+        width = parse_bucket(bucket) if bucket is not None else _auto_bucket(span, settings.history_max_points)
         points = math.ceil(span / width)
         if points > settings.history_max_points:
             raise BadParameter(

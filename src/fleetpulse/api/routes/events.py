@@ -42,7 +42,7 @@ async def _stream(
     sent = feed.last_id if last_id is None else last_id
     keepalive = services.settings.api.sse_keepalive_s
     try:
-        yield ServerSentEventMessage(comment="fleetpulse status events", retry=RETRY_MS)
+        yield ServerSentEventMessage(data=None, comment="fleetpulse status events", retry=RETRY_MS)
         if last_id is not None:
             while True:
                 async with services.db.connection() as conn:
@@ -59,7 +59,7 @@ async def _stream(
             if batch is None:
                 return  # shutting down or too far behind: the client resumes by Last-Event-ID
             if not batch:
-                yield ServerSentEventMessage(comment="keepalive")
+                yield ServerSentEventMessage(data=None, comment="keepalive")
                 continue
             for event in batch:
                 if event.id <= sent or (agent_id is not None and event.agent_id != agent_id):
