@@ -51,25 +51,18 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 BUCKET_PATTERN: Final = r"^[1-9][0-9]{0,8}[smhd]?$"
 
 Pool = Annotated[
-    str | None,
-    QueryParameter(min_length=1, max_length=255, description="Only agents of this pool."),
+    str, QueryParameter(max_length=255, description="Only agents of this pool; empty: any pool.")
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many rows.")]
 
 
-def check_time(name: str, value: datetime | None) -> datetime | None:
-    """Naive timestamps are UTC; years outside 1970–9000 are refused."""
+def check_time(value: datetime | None) -> datetime | None:
+    """Naive timestamps are UTC; times are clamped to 1970–9000 (nothing lies outside)."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    try:
-        inside = TIME_FLOOR <= value <= TIME_CEILING
-    except OverflowError:  # pragma: no cover - offsets at the edge of datetime's range
-        inside = False
-    if not inside:
-        raise BadParameter(name, "must be between 1970-01-01 and 9000-01-01")
-    return value
+    return min(max(value, TIME_FLOOR), TIME_CEILING)
 
 
 def parse_bucket(text: str) -> timedelta:
@@ -107,7 +100,7 @@ class AgentRoutes(Controller):
             Literal["online", "offline"] | None,
             QueryParameter(description="Only agents in this status."),
         ] = None,
-        pool: Pool = None,
+        pool: Pool = "",
         limit: Limit = 1000,
         after: Annotated[
             uuid.UUID | None, QueryParameter(description="Rows after this agent_id (paging).")
@@ -115,7 +108,9 @@ class AgentRoutes(Controller):
     ) -> AgentList:
         services = services_of(state)
         async with services.db.connection() as conn:
-            records = await fetch_agents(conn, status=status, pool=pool, limit=limit, after=after)
+            records = await fetch_agents(
+                conn, status=status, pool=pool or None, limit=limit, after=after
+            )
         now = time.time()
         items = [agent_of(r, services.index.reliability(r.agent_id), now) for r in records]
         return AgentList(
@@ -161,18 +156,27 @@ class AgentRoutes(Controller):
             int, QueryParameter(ge=0, le=256, description="GPUs that each meet the GPU conditions.")
         ] = 0,
         gpu_type: Annotated[
-            str | None,
-            QueryParameter(min_length=1, max_length=255, description="GPU name, e.g. NVIDIA L4."),
-        ] = None,
-        pool: Pool = None,
+            str,
+            QueryParameter(max_length=255, description="GPU name, e.g. NVIDIA L4; empty: any."),
+        ] = "",
+        pool: Pool = "",
         max_sample_age_s: Annotated[
-            float | None,
-            QueryParameter(gt=0, le=MAX_AGE_S, description="Only samples at most this old, s."),
-        ] = None,
+            float,
+            QueryParameter(
+                gt=0, le=MAX_AGE_S, description="Only samples at most this old, s (default: any)."
+            ),
+        ] = MAX_AGE_S,
         min_reliability: Annotated[
-            float | None,
-            QueryParameter(ge=0, le=1, description="Share of the last 30 days online, 0–1."),
-        ] = None,
+            float,
+            QueryParameter(
+                ge=0,
+                le=1,
+                description=(
+                    "Share of the last 30 days online, 0–1; 0 (default): no condition."
+                    " An agent whose reliability is not known yet never meets a positive one."
+                ),
+            ),
+        ] = 0.0,
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many.")
         ] = 100,
@@ -183,10 +187,10 @@ class AgentRoutes(Controller):
             min_cpu_cores=min_cpu_cores,
             min_mem_gb=min_mem_gb,
             min_gpu_count=min_gpu_count,
-            gpu_type=gpu_type,
-            pool=pool,
-            max_sample_age_s=max_sample_age_s,
-            min_reliability=min_reliability,
+            gpu_type=gpu_type or None,
+            pool=pool or None,
+            max_sample_age_s=max_sample_age_s if max_sample_age_s < MAX_AGE_S else None,
+            min_reliability=min_reliability if min_reliability > 0 else None,
             limit=limit,
         )
         now = time.time()
@@ -253,8 +257,8 @@ class AgentRoutes(Controller):
     ) -> History:
         services = services_of(state)
         settings = services.settings.api
-        stop = check_time("until", until) or datetime.now(UTC)
-        start = check_time("since", since) or max(TIME_FLOOR, stop - DEFAULT_RANGE)
+        stop = check_time(until) or datetime.now(UTC)
+        start = check_time(since) or max(TIME_FLOOR, stop - DEFAULT_RANGE)
         if start >= stop:
             raise BadParameter("since", "must be before until")
         span = stop - start
@@ -262,7 +266,11 @@ class AgentRoutes(Controller):
             raise BadParameter(
                 "since", f"range over {settings.history_max_range_s:g} s (api.history_max_range_s)"
             )
-        width = parse_bucket(bucket) if bucket is not None else _auto_bucket(span, settings.history_max_points)
+        width = (
+            parse_bucket(bucket)
+            if bucket is not None
+            else _auto_bucket(span, settings.history_max_points)
+        )
         points = math.ceil(span / width)
         if points > settings.history_max_points:
             raise BadParameter(

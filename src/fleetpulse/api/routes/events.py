@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from fleetpulse.api.errors import BadParameter, error_responses
+from fleetpulse.api.errors import error_responses
 from fleetpulse.api.routes.agents import MAX_LIMIT, check_time
 from fleetpulse.api.schemas import EventList, event_of
 from fleetpulse.api.services import Services, services_of
@@ -89,18 +89,21 @@ class EventRoutes(Controller):
         ] = None,
         until: Annotated[datetime | None, QueryParameter(description="Before this time.")] = None,
         after_id: Annotated[
-            int | None, QueryParameter(ge=0, le=2**62, description="Only events after this id.")
-        ] = None,
+            int, QueryParameter(ge=0, le=2**62, description="Only events after this id.")
+        ] = 0,
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many.")
         ] = 100,
     ) -> EventList:
-        start, stop = check_time("since", since), check_time("until", until)
-        if start is not None and stop is not None and start >= stop:
-            raise BadParameter("since", "must be before until")
+        start, stop = check_time(since), check_time(until)
         async with services_of(state).db.connection() as conn:
             events = await fetch_events(
-                conn, agent_id=agent_id, since=start, until=stop, after_id=after_id, limit=limit
+                conn,
+                agent_id=agent_id,
+                since=start,
+                until=stop,
+                after_id=after_id or None,
+                limit=limit,
             )
         items = [event_of(e) for e in events]
         return EventList(items=items, count=len(items), as_of=datetime.now(UTC))
