@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from litestar.datastructures import State
 
@@ -20,6 +20,9 @@ from fleetpulse.store import Database, EventFeed, RegistryFollower, RegistryInde
 __all__ = ["Services", "open_services", "services_of"]
 
 log = logging.getLogger(__name__)
+
+# With an unchanged registry the snapshot is re-rendered this rarely (ages drift meanwhile).
+IDLE_RERENDER_S: Final = 30.0
 
 
 @dataclass
@@ -33,11 +36,16 @@ class Services:
     rows: RowCache = field(default_factory=RowCache)
     fleet_metrics: bytes = b""
     fleet_metrics_at: float = 0.0
+    fleet_metrics_version: int = -1
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
-    async def refresh_fleet_metrics(self) -> None:
-        records = list(self.index.records())
+    async def refresh_fleet_metrics(self, *, force: bool = True) -> None:
         now = time.time()
+        unchanged = self.index.version == self.fleet_metrics_version
+        if not force and unchanged and now - self.fleet_metrics_at < IDLE_RERENDER_S:
+            return  # nothing changed: only the heartbeat ages would move
+        version = self.index.version
+        records = list(self.index.records())
         limit = self.settings.api.metrics_per_agent_limit
         # Rendering is CPU work proportional to the fleet: off the event loop.
         text, omitted = await asyncio.to_thread(
@@ -50,13 +58,14 @@ class Services:
                 omitted,
             )
         self.fleet_metrics, self.fleet_metrics_at = text, now
+        self.fleet_metrics_version = version
 
     async def _metrics_loop(self) -> None:
         interval = self.settings.api.metrics_refresh_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.refresh_fleet_metrics()
+                await self.refresh_fleet_metrics(force=False)
             except Exception:  # a broken render must not stop the loop; the age gauge shows it
                 log.exception("fleet metrics refresh failed")
 

@@ -35,7 +35,7 @@ AgentStatus = Literal["online", "offline"]
 RELIABILITY_WINDOW: Final = timedelta(days=30)
 
 
-class GpuState(msgspec.Struct, frozen=True, kw_only=True):
+class GpuState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One GPU as the latest heartbeat reported it; ``error`` set means not capacity."""
 
     index: int
@@ -49,13 +49,14 @@ class GpuState(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-class _AgentStats(msgspec.Struct, frozen=True):
+class _AgentStats(msgspec.Struct, frozen=True, gc=False):
     gpu_probe_failures_total: int | None = None
     dropped_total: int | None = None
 
 
-class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One registry row: the agent's latest state."""
+class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One registry row: the agent's latest state (untracked by the garbage collector:
+    the index holds one per agent, and full collections over them would stall requests)."""
 
     agent_id: uuid.UUID
     hostname: str

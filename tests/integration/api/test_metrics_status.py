@@ -25,10 +25,14 @@ def sample(text: str, name: str, **labels: str) -> float:
 async def test_fleet_gauges_capacity_totals_and_per_agent(conn, client_for) -> None:
     ids = seed_profiles(conn)
     seed_agent(conn, hostname="down", pool="render", status="offline", gpus=(GpuSeed(24, 24),))
-    seed_agent(conn, hostname="l4", pool="infer", cpu_cores=8,
-               gpus=(GpuSeed(24, 20, name="NVIDIA L4"), GpuSeed(24, 1, name="NVIDIA L4",
-                                                                error="Xid 48")),
-               agent_stats={"gpu_probe_failures_total": 3, "dropped_total": 7})
+    seed_agent(
+        conn,
+        hostname="l4",
+        pool="infer",
+        cpu_cores=8,
+        gpus=(GpuSeed(24, 20, name="NVIDIA L4"), GpuSeed(24, 1, name="NVIDIA L4", error="Xid 48")),
+        agent_stats={"gpu_probe_failures_total": 3, "dropped_total": 7},
+    )
     async with client_for() as client:
         await client.get("/api/v1/agents/available-capacity", params={"min_gpu_vram_gb": 1})
         await client.get(f"/api/v1/agents/{ids['agent1']}")
@@ -37,8 +41,10 @@ async def test_fleet_gauges_capacity_totals_and_per_agent(conn, client_for) -> N
     assert sample(text, "fleetpulse_agents", pool="render", status="offline") == 1
     assert sample(text, "fleetpulse_agents", pool="infer", status="online") == 1
     rtx = "NVIDIA GeForce RTX 4090"
-    assert sample(text, "fleetpulse_capacity_gpu_vram_free_bytes", pool="render",
-                  gpu_type=rtx) == 10 * GIB
+    assert (
+        sample(text, "fleetpulse_capacity_gpu_vram_free_bytes", pool="render", gpu_type=rtx)
+        == 10 * GIB
+    )
     assert sample(text, "fleetpulse_capacity_gpus", pool="render", gpu_type=rtx) == 2
     assert sample(text, "fleetpulse_capacity_gpus", pool="infer", gpu_type="NVIDIA L4") == 1
     assert sample(text, "fleetpulse_capacity_cpu_available_cores", pool="render") == 28
@@ -50,13 +56,25 @@ async def test_fleet_gauges_capacity_totals_and_per_agent(conn, client_for) -> N
     assert 0 <= sample(text, "fleetpulse_agent_heartbeat_age_seconds", **agent1) < 60
     assert "# TYPE fleetpulse_agent_gpu_probe_failures_total counter" in text
     l4_lines = [line for line in text.splitlines() if 'hostname="l4"' in line]
-    assert any(line.startswith("fleetpulse_agent_gpu_probe_failures_total{") and
-               line.endswith(" 3") for line in l4_lines)
-    assert any(line.startswith("fleetpulse_agent_spool_dropped_total{") and line.endswith(" 7")
-               for line in l4_lines)
+    assert any(
+        line.startswith("fleetpulse_agent_gpu_probe_failures_total{") and line.endswith(" 3")
+        for line in l4_lines
+    )
+    assert any(
+        line.startswith("fleetpulse_agent_spool_dropped_total{") and line.endswith(" 7")
+        for line in l4_lines
+    )
     assert sample(text, "fleetpulse_metrics_snapshot_age_seconds") < 60
-    assert sample(text, "fleetpulse_api_requests_total", method="GET",
-                  path="/api/v1/agents/{agent_id}", status="200") == 1
+    assert (
+        sample(
+            text,
+            "fleetpulse_api_requests_total",
+            method="GET",
+            path="/api/v1/agents/{agent_id}",
+            status="200",
+        )
+        == 1
+    )
     assert 'path="/api/v1/agents/available-capacity"' in text
     assert str(ids["agent1"]) not in text.split("fleetpulse_api_requests_total")[1]
 
@@ -92,9 +110,7 @@ async def test_status_prints_the_fleet_online_first_with_pool_summary(conn, db_u
     app = create_app(api_settings(db_url))
     out = io.StringIO()
     async with live_server(app) as base:
-        code = await asyncio.to_thread(
-            run_status, Settings(), api_url=base, token=None, out=out
-        )
+        code = await asyncio.to_thread(run_status, Settings(), api_url=base, token=None, out=out)
     text = out.getvalue()
     assert code == 0
     order = [text.index(h) for h in ("agent1", "agent2", "agent3", "zz-offline")]
