@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -180,8 +181,14 @@ async def ping(conn: Conn) -> None:
     await conn.execute("SELECT 1")
 
 
-async def fetch_registry(conn: Conn, *, updated_after: datetime | None = None) -> list[AgentRecord]:
-    """Every registry row, or those written after ``updated_after``."""
+async def fetch_registry(
+    conn: Conn,
+    *,
+    updated_after: datetime | None = None,
+    known: Callable[[uuid.UUID], datetime | None] | None = None,
+) -> list[AgentRecord]:
+    """Every registry row, or those written after ``updated_after``; rows for which
+    ``known(agent_id)`` already returns their ``updated_at`` are not decoded again."""
     if updated_after is None:
         cur = await conn.execute(f"SELECT {REGISTRY_COLUMNS} FROM agent_registry")
     else:
@@ -189,7 +196,10 @@ async def fetch_registry(conn: Conn, *, updated_after: datetime | None = None) -
             f"SELECT {REGISTRY_COLUMNS} FROM agent_registry WHERE updated_at > %s",
             (updated_after,),
         )
-    return [record_from_row(row) for row in await cur.fetchall()]
+    rows = await cur.fetchall()
+    if known is None:
+        return [record_from_row(row) for row in rows]
+    return [record_from_row(row) for row in rows if known(row[0]) != row[22]]
 
 
 async def fetch_agent(conn: Conn, agent_id: uuid.UUID) -> AgentRecord | None:

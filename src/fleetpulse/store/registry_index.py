@@ -156,6 +156,10 @@ class RegistryIndex:
     def records(self) -> Iterator[AgentRecord]:
         return (r for r in self._records if r is not None)
 
+    def updated_at(self, agent_id: uuid.UUID) -> datetime | None:
+        record = self.get(agent_id)
+        return None if record is None else record.updated_at
+
     def reliability(self, agent_id: uuid.UUID) -> float | None:
         return self._reliability.get(agent_id)
 
@@ -229,60 +233,84 @@ class RegistryIndex:
             slot = self._slots.get(agent_id)
             if slot is not None:
                 self._rel[slot] = score
+        self._order_stale = True
 
     def _ensure_order(self) -> None:
+        """Sort once per change, and lay every column out in that order, so a query
+        compares contiguous arrays and a VRAM bound cuts the scan to a prefix."""
         if not self._order_stale:
             return
         n = len(self._records)
-        # lexsort: the last key is the primary one.
-        self._order = np.lexsort((self._idkey[:n], -self._cores[:n], -self._vram[:n]))
+        # Never below the best usable GPU, so "key >= v" is a superset of any VRAM match.
+        key = np.maximum(self._vram[:n], self._free[:n, 0])
+        order = np.lexsort((self._idkey[:n], -self._cores[:n], -key))  # last key is primary
+        self._order = order
+        self._s_negkey = -key[order]
+        self._s_online = self._online[order]
+        self._s_cores = self._cores[order]
+        self._s_mem = self._mem[order]
+        self._s_pool = self._pool[order]
+        self._s_type = self._type[order]
+        self._s_usable = self._usable[order]
+        self._s_free = self._free[order]
+        self._s_sampled = self._sampled[order]
+        self._s_rel = self._rel[order]
         self._order_stale = False
 
     def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
         """Online agents satisfying ``query``, most free VRAM first, then most cores."""
         if query.limit <= 0:
             return []
-        n = len(self._records)
-        mask = self._online[:n].copy()
-        if query.min_cpu_cores > 0:
-            mask &= self._cores[:n] >= query.min_cpu_cores
-        if query.min_mem_gb > 0:
-            mask &= self._mem[:n] >= query.min_mem_gb
+        pool = kind = 0
         if query.pool is not None:
-            pool = self._pool_codes.get(query.pool)
-            if pool is None:
+            pool = self._pool_codes.get(query.pool, _NO_CODE)
+            if pool == _NO_CODE:
                 return []
-            mask &= self._pool[:n] == pool
         if query.gpu_type is not None:
-            kind = self._type_codes.get(query.gpu_type)
-            if kind is None:
+            kind = self._type_codes.get(query.gpu_type, _NO_CODE)
+            if kind == _NO_CODE:
                 return []
-            mask &= (self._type[:n] == kind) | (self._type[:n] == _MIXED)
+        self._ensure_order()
         need = query.gpus_needed
+        hi = len(self._order)
         if need > 0:
-            mask &= self._free[:n, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
+            # sorted by VRAM descending: agents past this point cannot have it on any GPU
+            hi = int(np.searchsorted(self._s_negkey, -query.min_gpu_vram_gb, side="right"))
+        if hi == 0:
+            return []
+        mask = self._s_online[:hi].copy()
+        if query.min_cpu_cores > 0:
+            mask &= self._s_cores[:hi] >= query.min_cpu_cores
+        if query.min_mem_gb > 0:
+            mask &= self._s_mem[:hi] >= query.min_mem_gb
+        if query.pool is not None:
+            mask &= self._s_pool[:hi] == pool
+        if query.gpu_type is not None:
+            kinds = self._s_type[:hi]
+            mask &= (kinds == kind) | (kinds == _MIXED)
+        if need > 0:
+            mask &= self._s_free[:hi, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
             if need > TOP_GPUS:
-                mask &= self._usable[:n] >= need
+                mask &= self._s_usable[:hi] >= need
         if query.max_sample_age_s is not None:
             clock = time.time() if now is None else now
-            mask &= self._sampled[:n] >= clock - query.max_sample_age_s
+            mask &= self._s_sampled[:hi] >= clock - query.max_sample_age_s
         if query.min_reliability is not None:
-            mask &= self._rel[:n] >= query.min_reliability
-        self._ensure_order()
-        hits = self._order[np.flatnonzero(mask[self._order])]
+            mask &= self._s_rel[:hi] >= query.min_reliability
+        positions = np.flatnonzero(mask)
         found: list[CapacityMatch] = []
-        for slot in hits.tolist():
-            record = self._records[slot]
-            if record is None:  # pragma: no cover - a removed slot is never online
-                continue
-            gpus = matching_gpus(record, query) if need > 0 else ()
-            if len(gpus) < need:
-                continue  # mixed GPU types or more GPUs than the columns keep: checked exactly
-            if need == 0:
+        step = max(64, query.limit)
+        for start in range(0, len(positions), step):
+            for slot in self._order[positions[start : start + step]].tolist():
+                record = self._records[slot]
+                if record is None:  # pragma: no cover - a removed slot is never online
+                    continue
                 gpus = matching_gpus(record, query)
-            found.append(CapacityMatch(record, gpus, self._reliability.get(record.agent_id)))
-            if len(found) >= query.limit:
-                break
+                if len(gpus) < need:
+                    continue  # mixed GPU types or more GPUs than the columns keep: exact check
+                found.append(CapacityMatch(record, gpus, self._reliability.get(record.agent_id)))
+                if len(found) >= query.limit:
+                    return found
         return found
 
 
@@ -330,16 +358,14 @@ class RegistryFollower:
                     changed = len(rows)
                     self._last_full = time.monotonic()
                 else:
-                    rows = await fetch_registry(conn, updated_after=self._watermark)
+                    rows = await fetch_registry(
+                        conn, updated_after=self._watermark, known=self.index.updated_at
+                    )
                     changed = self.index.apply(rows)
-            # Rows are stamped with their transaction's start: re-read a little behind the
-            # newest seen so a transaction that committed late is not skipped.
-            newest = max((r.updated_at for r in rows), default=None)
-            if newest is not None:
-                mark = min(newest, db_now) - self.overlap
-                self._watermark = mark if self._watermark is None else max(self._watermark, mark)
-            elif self._watermark is None:
-                self._watermark = db_now - self.overlap
+            # Rows carry their transaction's start time: a transaction that began before
+            # this read but commits after it must still be seen next time, so the next read
+            # starts ``overlap`` before this one (rows already held are skipped undecoded).
+            self._watermark = db_now - self.overlap
             self.index.as_of = db_now
             self.refreshes += 1
             self.last_refresh_s = time.perf_counter() - started
