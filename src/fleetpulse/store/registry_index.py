@@ -44,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+FIRST_BLOCK: Final = 2048
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
 _NO_CODE: Final = -1
 _MIXED: Final = -2
@@ -278,30 +279,16 @@ class RegistryIndex:
             hi = int(np.searchsorted(self._s_negkey, -query.min_gpu_vram_gb, side="right"))
         if hi == 0:
             return []
-        mask = self._s_online[:hi].copy()
-        if query.min_cpu_cores > 0:
-            mask &= self._s_cores[:hi] >= query.min_cpu_cores
-        if query.min_mem_gb > 0:
-            mask &= self._s_mem[:hi] >= query.min_mem_gb
-        if query.pool is not None:
-            mask &= self._s_pool[:hi] == pool
-        if query.gpu_type is not None:
-            kinds = self._s_type[:hi]
-            mask &= (kinds == kind) | (kinds == _MIXED)
-        if need > 0:
-            mask &= self._s_free[:hi, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
-            if need > TOP_GPUS:
-                mask &= self._s_usable[:hi] >= need
-        if query.max_sample_age_s is not None:
-            clock = time.time() if now is None else now
-            mask &= self._s_sampled[:hi] >= clock - query.max_sample_age_s
-        if query.min_reliability is not None:
-            mask &= self._s_rel[:hi] >= query.min_reliability
-        positions = np.flatnonzero(mask)
+        clock = time.time() if now is None else now
         found: list[CapacityMatch] = []
-        step = max(64, query.limit)
-        for start in range(0, len(positions), step):
-            for slot in self._order[positions[start : start + step]].tolist():
+        # Blocks in sort order, growing: a common query is answered from the first block,
+        # one that matches little still costs only a few vectorised passes over the prefix.
+        lo, block = 0, FIRST_BLOCK
+        while lo < hi:
+            up = min(hi, lo + block)
+            for slot in self._order[
+                lo + np.flatnonzero(self._mask(query, need, pool, kind, clock, lo, up))
+            ].tolist():
                 record = self._records[slot]
                 if record is None:  # pragma: no cover - a removed slot is never online
                     continue
@@ -311,7 +298,38 @@ class RegistryIndex:
                 found.append(CapacityMatch(record, gpus, self._reliability.get(record.agent_id)))
                 if len(found) >= query.limit:
                     return found
+            lo, block = up, block * 4
         return found
+
+    def _mask(
+        self,
+        query: CapacityFilter,
+        need: int,
+        pool: int,
+        kind: int,
+        clock: float,
+        lo: int,
+        up: int,
+    ) -> npt.NDArray[np.bool_]:
+        mask = self._s_online[lo:up].copy()
+        if query.min_cpu_cores > 0:
+            mask &= self._s_cores[lo:up] >= query.min_cpu_cores
+        if query.min_mem_gb > 0:
+            mask &= self._s_mem[lo:up] >= query.min_mem_gb
+        if query.pool is not None:
+            mask &= self._s_pool[lo:up] == pool
+        if query.gpu_type is not None:
+            kinds = self._s_type[lo:up]
+            mask &= (kinds == kind) | (kinds == _MIXED)
+        if need > 0:
+            mask &= self._s_free[lo:up, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
+            if need > TOP_GPUS:
+                mask &= self._s_usable[lo:up] >= need
+        if query.max_sample_age_s is not None:
+            mask &= self._s_sampled[lo:up] >= clock - query.max_sample_age_s
+        if query.min_reliability is not None:
+            mask &= self._s_rel[lo:up] >= query.min_reliability
+        return mask
 
 
 class RegistryFollower:
