@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from types import FrameType
@@ -12,6 +13,7 @@ import uvicorn
 from fleetpulse.api.app import create_app
 from fleetpulse.api.services import Services
 from fleetpulse.config import Settings
+from fleetpulse.store import Database
 
 __all__ = ["run_api"]
 
@@ -36,7 +38,15 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
+async def _probe(settings: Settings) -> None:
+    async with Database(settings.database):
+        pass
+
+
 def run_api(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0); a database that cannot be reached raises
+    :class:`ServiceUnavailable` before anything listens (one line from the CLI)."""
+    asyncio.run(_probe(settings))
     app = create_app(settings)
     config = uvicorn.Config(
         app,

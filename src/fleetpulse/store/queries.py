@@ -6,8 +6,8 @@ Every function takes an open connection and returns immutable structs; SQL stays
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import msgspec

@@ -256,6 +256,14 @@ class RegistryIndex:
         self._s_free = self._free[order]
         self._s_sampled = self._sampled[order]
         self._s_rel = self._rel[order]
+        online = self._s_online
+        # What the best online agent offers in each dimension: an impossible ask is empty at once.
+        self._best = (
+            int(self._s_cores[online].max(initial=0)),
+            float(self._s_mem[online].max(initial=0.0)),
+            int(self._s_usable[online].max(initial=0)),
+            float(np.nanmax(self._s_rel[online], initial=-1.0)),
+        )
         self._order_stale = False
 
     def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
@@ -273,6 +281,14 @@ class RegistryIndex:
                 return []
         self._ensure_order()
         need = query.gpus_needed
+        best_cores, best_mem, best_gpus, best_reliability = self._best
+        if (
+            query.min_cpu_cores > best_cores
+            or query.min_mem_gb > best_mem
+            or need > best_gpus
+            or (query.min_reliability is not None and query.min_reliability > best_reliability)
+        ):
+            return []
         hi = len(self._order)
         if need > 0:
             # sorted by VRAM descending: agents past this point cannot have it on any GPU
