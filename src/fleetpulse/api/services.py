@@ -109,6 +109,8 @@ async def open_services(
         try:
             yield services
         finally:
+            follower.request_stop()  # both loops wind down together
+            feed.request_stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from typing import Final, Self
 
@@ -20,6 +21,7 @@ import psycopg
 from fleetpulse.errors import FleetpulseError
 from fleetpulse.store.engine import RETRYABLE_DB_ERRORS, Database, connect
 from fleetpulse.store.queries import StatusEvent, fetch_events, latest_event_id
+from fleetpulse.store.registry_index import TICK_S, stop_tasks
 
 __all__ = ["EventFeed", "EventSubscription"]
 
@@ -83,6 +85,7 @@ class EventFeed:
         self.last_id = 0
         self._subscribers: set[EventSubscription] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def subscribe(self) -> EventSubscription:
         sub = EventSubscription(self.max_pending)
@@ -102,18 +105,21 @@ class EventFeed:
         for sub in list(self._subscribers):
             self.unsubscribe(sub)
 
+    def request_stop(self) -> None:
+        self.close_all()
+        self._stop.set()
+
     async def __aenter__(self) -> Self:
         async with self.db.connection() as conn:
             self.last_id = await latest_event_id(conn)
+        self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="event-feed")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close_all()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks(self._stop, [self._task])
             self._task = None
 
     async def catch_up(self) -> int:
@@ -133,18 +139,28 @@ class EventFeed:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stop.is_set():
             try:
                 conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
                 async with conn:
                     await conn.execute("LISTEN fleetpulse_events")
                     await self.catch_up()
                     attempt = 0
-                    while True:
-                        async for _ in conn.notifies(timeout=self.poll_interval_s, stop_after=1):
-                            pass
-                        await self.catch_up()
+                    await self._listen(conn)
             except (FleetpulseError, *RETRYABLE_DB_ERRORS, psycopg.Error) as exc:
                 log.warning("event feed: %s; retrying", exc)
-                await asyncio.sleep(random.uniform(0, min(self.retry_max_s, 0.2 * 2**attempt)))
+                pause = random.uniform(0, min(self.retry_max_s, 0.2 * 2**attempt))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
                 attempt += 1
+
+    async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        last_read = time.monotonic()
+        while not self._stop.is_set():
+            notified = False
+            # Short waits, never cancelled: a notifies() cancelled mid-wait can hang psycopg.
+            async for _ in conn.notifies(timeout=TICK_S, stop_after=1):
+                notified = True
+            if notified or time.monotonic() - last_read >= self.poll_interval_s:
+                await self.catch_up()
+                last_read = time.monotonic()

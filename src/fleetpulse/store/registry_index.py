@@ -45,6 +45,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FIRST_BLOCK: Final = 2048
+TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
+STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
 _NO_CODE: Final = -1
 _MIXED: Final = -2
@@ -377,6 +379,7 @@ class RegistryFollower:
         self._last_full = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
 
     async def refresh(self, *, full: bool = False) -> int:
         """Read what changed (everything if ``full``) into the index; returns rows changed."""
@@ -413,6 +416,7 @@ class RegistryFollower:
     async def __aenter__(self) -> Self:
         await self.refresh(full=True)
         await self.refresh_reliability()
+        self._stop = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._follow(), name="registry-follower"),
             asyncio.create_task(self._reliability_loop(), name="registry-reliability"),
@@ -420,20 +424,22 @@ class RegistryFollower:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._stop, self._tasks)
         self._tasks = []
 
-    async def _pause(self, attempt: int) -> None:
-        cap = min(self.retry_max_s, 0.2 * 2**attempt)
-        await asyncio.sleep(random.uniform(0, cap))
+    def request_stop(self) -> None:
+        """Ask the loops to finish (``__aexit__`` then waits less)."""
+        self._stop.set()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when it is time to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
 
     async def _follow(self) -> None:
         attempt = 0
-        while True:
+        while not self._stop.is_set():
             try:
                 conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
                 async with conn:
@@ -443,25 +449,45 @@ class RegistryFollower:
                     await self._listen(conn)
             except (FleetpulseError, *RETRYABLE_DB_ERRORS, psycopg.Error) as exc:
                 log.warning("registry follower: %s; retrying", exc)
-                await self._pause(attempt)
+                if await self._pause(random.uniform(0, min(self.retry_max_s, 0.2 * 2**attempt))):
+                    return
                 attempt += 1
 
     async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-        next_allowed = time.monotonic()
-        while True:
-            async for _ in conn.notifies(timeout=self.poll_interval_s, stop_after=1):
-                pass
+        next_allowed = last_read = time.monotonic()
+        while not self._stop.is_set():
+            notified = False
+            # Short waits, never cancelled: a notifies() cancelled mid-wait can hang psycopg.
+            async for _ in conn.notifies(timeout=TICK_S, stop_after=1):
+                notified = True
+            if not notified and time.monotonic() - last_read < self.poll_interval_s:
+                continue
             wait = next_allowed - time.monotonic()
-            if wait > 0:  # coalesce a burst of writes into one read
-                await asyncio.sleep(wait)
+            if wait > 0 and await self._pause(wait):  # coalesce a burst of writes
+                return
             full = time.monotonic() - self._last_full >= self.resync_interval_s
             await self.refresh(full=full)
-            next_allowed = time.monotonic() + self.refresh_interval_s
+            last_read = time.monotonic()
+            next_allowed = last_read + self.refresh_interval_s
 
     async def _reliability_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reliability_interval_s)
+        while not await self._pause(self.reliability_interval_s):
             try:
                 await self.refresh_reliability()
             except FleetpulseError as exc:
                 log.warning("reliability refresh failed: %s", exc)
+
+
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Ask background loops to finish, give them a moment, then cancel what is left."""
+    stop.set()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=STOP_GRACE_S)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("%s ended with %r", task.get_name(), task.exception())
