@@ -238,8 +238,8 @@ async def test_per_agent_capacity_any_known_agent_404_for_unknown(conn, client_f
     assert missing.status_code == 404
     assert missing.json()["status_code"] == 404
     assert missing_agent.status_code == 404
-    assert malformed.status_code in (400, 404)
-    assert malformed.json()["status_code"] == malformed.status_code
+    assert malformed.status_code == 400
+    assert malformed.json()["status_code"] == 400
 
 
 async def test_agent_list_filters_and_pages(conn, client_for) -> None:

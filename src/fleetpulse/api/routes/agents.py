@@ -11,7 +11,7 @@ from typing import Annotated, Final, Literal
 from litestar import Controller, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, QueryParameter
+from litestar.params import PathParameter, QueryParameter
 
 from fleetpulse.api.errors import BadParameter, error_responses
 from fleetpulse.api.schemas import (
@@ -53,6 +53,11 @@ BUCKET_PATTERN: Final = r"^[1-9][0-9]{0,8}[smhd]?$"
 Pool = Annotated[
     str, QueryParameter(max_length=255, description="Only agents of this pool; empty: any pool.")
 ]
+UUID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+# A string path segment checked by pattern: a malformed id is a 400 naming agent_id, not a 404.
+AgentId = Annotated[str, PathParameter(pattern=UUID_PATTERN, description="The agent's UUID.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many rows.")]
 
 
@@ -207,27 +212,27 @@ class AgentRoutes(Controller):
         return record
 
     @get(
-        "/{agent_id:uuid}",
+        "/{agent_id:str}",
         summary="One agent",
         responses=error_responses(400, 401, 404, 503),
     )
-    async def get_agent(self, state: State, agent_id: FromPath[uuid.UUID]) -> Agent:
-        record = await self._record(state, agent_id)
-        return agent_of(record, services_of(state).index.reliability(agent_id))
+    async def get_agent(self, state: State, agent_id: AgentId) -> Agent:
+        record = await self._record(state, uuid.UUID(agent_id))
+        return agent_of(record, services_of(state).index.reliability(record.agent_id))
 
     @get(
-        "/{agent_id:uuid}/capacity",
+        "/{agent_id:str}/capacity",
         summary="One agent's latest capacity",
         description="Any known agent, online or not; `matching_gpus` lists its usable GPUs.",
         responses=error_responses(400, 401, 404, 503),
     )
-    async def get_capacity(self, state: State, agent_id: FromPath[uuid.UUID]) -> Capacity:
-        record = await self._record(state, agent_id)
-        reliability = services_of(state).index.reliability(agent_id)
+    async def get_capacity(self, state: State, agent_id: AgentId) -> Capacity:
+        record = await self._record(state, uuid.UUID(agent_id))
+        reliability = services_of(state).index.reliability(record.agent_id)
         return capacity_of(CapacityMatch(record, _all_gpus(record), reliability))
 
     @get(
-        "/{agent_id:uuid}/metrics",
+        "/{agent_id:str}/metrics",
         summary="History of one agent, time_bucket aggregated",
         description=(
             "avg/min/max per bucket of load, available cores, available memory and free VRAM"
@@ -240,7 +245,7 @@ class AgentRoutes(Controller):
     async def get_history(
         self,
         state: State,
-        agent_id: FromPath[uuid.UUID],
+        agent_id: AgentId,
         since: Annotated[
             datetime | None, QueryParameter(description="Start (inclusive), ISO 8601; naive = UTC.")
         ] = None,
@@ -278,12 +283,14 @@ class AgentRoutes(Controller):
                 f"gives {points} buckets, over {settings.history_max_points}"
                 " (api.history_max_points); widen it or shorten the range",
             )
-        await self._record(state, agent_id)
+        record = await self._record(state, uuid.UUID(agent_id))
         async with services.db.connection() as conn:
-            hosts, gpus = await fetch_history(conn, agent_id, since=start, until=stop, bucket=width)
+            hosts, gpus = await fetch_history(
+                conn, record.agent_id, since=start, until=stop, bucket=width
+            )
         found = history_points(hosts, gpus)
         return History(
-            agent_id=agent_id,
+            agent_id=record.agent_id,
             since=start,
             until=stop,
             bucket_s=width.total_seconds(),
