@@ -66,6 +66,8 @@ QUERIES = {
     },
     "no_match_vram": {"min_gpu_vram_gb": 500, "limit": 20},
     "no_match_cores_type": {"min_cpu_cores": 1000, "gpu_type": "NVIDIA L4", "limit": 20},
+    # each condition matches thousands, together none: the index scans every online agent
+    "no_match_combined": {"gpu_type": "NVIDIA A100 80GB", "pool": "cpu", "limit": 20},
 }
 
 
@@ -357,6 +359,7 @@ def main() -> int:
             "duration_s_per_run": args.duration,
             "seed_s": round(seed_s, 1),
             "load_generator": "wrk -t1 (separate process)",
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
             "queries": queries,
             "sql_ms_median": asyncio.run(sql_times(url)),
             "registry_index": asyncio.run(index_costs(url)),
