@@ -266,6 +266,10 @@ class RegistryIndex:
             int(self._s_usable[online].max(initial=0)),
             float(np.nanmax(self._s_rel[online], initial=-1.0)),
         )
+        # (pool, GPU type) pairs present online: "this type in that pool" is often empty.
+        self._pairs = set(
+            zip(self._s_pool[online].tolist(), self._s_type[online].tolist(), strict=True)
+        )
         self._order_stale = False
 
     def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
@@ -289,6 +293,12 @@ class RegistryIndex:
             or query.min_mem_gb > best_mem
             or need > best_gpus
             or (query.min_reliability is not None and query.min_reliability > best_reliability)
+            or (
+                query.pool is not None
+                and query.gpu_type is not None
+                and (pool, kind) not in self._pairs
+                and (pool, _MIXED) not in self._pairs
+            )
         ):
             return []
         hi = len(self._order)

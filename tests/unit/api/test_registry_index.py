@@ -55,6 +55,9 @@ def test_unknown_pool_or_type_is_empty_and_type_filter_is_per_gpu() -> None:
     assert names(index, pool="nope") == []
     assert names(index, gpu_type="H100") == []
     assert names(index, gpu_type="L4", min_gpu_vram_gb=8) == ["l4"]  # mixed's L4 has 6 GB
+    index.apply([record("a100-train", gpus=(gpu(0, 40.0, name="A100"),), pool="train")])
+    assert names(index, gpu_type="A100", pool="train") == ["a100-train"]
+    assert names(index, gpu_type="L4", pool="train") == []  # both exist, never together
     (match,) = index.query(
         CapacityFilter(gpu_type="L4", min_gpu_vram_gb=5, pool="render", limit=1), CLOCK
     )
