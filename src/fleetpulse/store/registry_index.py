@@ -125,6 +125,8 @@ class RegistryIndex:
         self._allocate(slots)
         self._order: npt.NDArray[np.intp] = np.empty(0, dtype=np.intp)
         self._order_stale = True
+        self._best: tuple[int, float, int, float] = (0, 0.0, 0, -1.0)
+        self._pairs: set[tuple[int, int]] = set()
 
     def _allocate(self, size: int) -> None:
         self._online = np.zeros(size, dtype=bool)
@@ -236,7 +238,10 @@ class RegistryIndex:
             slot = self._slots.get(agent_id)
             if slot is not None:
                 self._rel[slot] = score
-        self._order_stale = True
+        if not self._order_stale:  # the order does not depend on reliability: no re-sort
+            self._s_rel = self._rel[self._order]
+            online = self._s_online
+            self._best = (*self._best[:3], float(np.nanmax(self._s_rel[online], initial=-1.0)))
 
     def _ensure_order(self) -> None:
         """Sort once per change, and lay every column out in that order, so a query
