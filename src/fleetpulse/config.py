@@ -123,6 +123,13 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     metrics_refresh_interval_s: Positive = 5.0
     metrics_per_agent_limit: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     history_max_points: PositiveInt = 10_000
+    history_max_range_s: Positive = 31 * 86_400.0
+    registry_poll_interval_s: Positive = 5.0
+    registry_resync_interval_s: Positive = 300.0
+    registry_overlap_s: NonNegative = 2.0
+    reliability_refresh_interval_s: Positive = 60.0
+    sse_keepalive_s: Positive = 15.0
+    sse_max_pending: PositiveInt = 10_000
 
     def __repr__(self) -> str:
         tokens = f"[{len(self.auth_tokens)} masked]" if self.auth_tokens else "[]"

@@ -1,18 +1,7 @@
-"""fleetpulse.api (not built yet)."""
+"""fleetpulse.api: the capacity API, its Prometheus exporter and the fleet table."""
 
-from __future__ import annotations
+from fleetpulse.api.app import create_app
+from fleetpulse.api.server import run_api
+from fleetpulse.api.status import run_status
 
-import sys
-from typing import Any
-
-__all__ = ["run_api", "run_status"]
-
-
-def run_api(*args: Any, **kwargs: Any) -> int:
-    print("fleetpulse: run_api is not built yet", file=sys.stderr)
-    return 2
-
-
-def run_status(*args: Any, **kwargs: Any) -> int:
-    print("fleetpulse: run_status is not built yet", file=sys.stderr)
-    return 2
+__all__ = ["create_app", "run_api", "run_status"]

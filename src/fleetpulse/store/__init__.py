@@ -8,12 +8,38 @@ from fleetpulse.store.engine import (
     detect_edition,
     map_db_errors,
 )
+
+# Read side of the API: queries, the in-process registry index, the event feed.
+from fleetpulse.store.event_feed import EventFeed, EventSubscription
 from fleetpulse.store.migrate import (
     current_revision,
     downgrade,
     ensure_database,
     head_revision,
     upgrade,
+)
+from fleetpulse.store.queries import (
+    AgentRecord,
+    GpuBucket,
+    GpuState,
+    HostBucket,
+    StatusEvent,
+    fetch_agent,
+    fetch_agents,
+    fetch_events,
+    fetch_history,
+    fetch_registry,
+    fetch_reliability,
+    latest_event_id,
+    ping,
+    sql_capacity,
+)
+from fleetpulse.store.registry_index import (
+    CapacityFilter,
+    CapacityMatch,
+    RegistryFollower,
+    RegistryIndex,
+    matching_gpus,
 )
 
 # isort: split
@@ -39,7 +65,7 @@ from fleetpulse.store.writes import (
     write_batch,
 )
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - one block per subsystem keeps merges easy
     "RETRYABLE_DB_ERRORS",
     "Database",
     "Edition",
@@ -51,6 +77,28 @@ __all__ = [
     "head_revision",
     "map_db_errors",
     "upgrade",
+    # read side of the API
+    "AgentRecord",
+    "CapacityFilter",
+    "CapacityMatch",
+    "EventFeed",
+    "EventSubscription",
+    "GpuBucket",
+    "GpuState",
+    "HostBucket",
+    "RegistryFollower",
+    "RegistryIndex",
+    "StatusEvent",
+    "fetch_agent",
+    "fetch_agents",
+    "fetch_events",
+    "fetch_history",
+    "fetch_registry",
+    "fetch_reliability",
+    "latest_event_id",
+    "matching_gpus",
+    "ping",
+    "sql_capacity",
 ]
 # ingest write path, silence sweep and retention
 __all__ += [

@@ -1,0 +1,65 @@
+"""``create_app``: the Litestar application, its lifespan and middleware."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from fleetpulse import __version__
+from fleetpulse.api.auth import bearer_auth_middleware
+from fleetpulse.api.errors import EXCEPTION_HANDLERS
+from fleetpulse.api.metrics import RequestMetrics, request_metrics_middleware
+from fleetpulse.api.routes import AgentRoutes, EventRoutes, SystemRoutes
+from fleetpulse.api.services import open_services
+from fleetpulse.config import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
+    """The API app; its lifespan opens the database and the background readers."""
+    request_metrics = RequestMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_services(settings, request_metrics) as services:
+            app.state.services = services
+            try:
+                yield
+            finally:
+                services.feed.close_all()
+
+    middleware: list[Any] = [request_metrics_middleware(request_metrics)]
+    security: list[dict[str, list[str]]] | None = None
+    components = Components()
+    if settings.api.auth_tokens:
+        middleware.append(bearer_auth_middleware(settings.api.auth_tokens))
+        components = Components(
+            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+        )
+        security = [{"bearer": []}]
+    openapi = OpenAPIConfig(
+        title="fleetpulse",
+        version=__version__,
+        description="Who is alive in the fleet and what each agent can take right now.",
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
+        components=components,
+        security=security,
+        create_examples=False,
+        use_handler_docstrings=False,
+    )
+    return Litestar(
+        route_handlers=[SystemRoutes, AgentRoutes, EventRoutes],
+        lifespan=[lifespan],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=openapi,
+        debug=debug,
+    )

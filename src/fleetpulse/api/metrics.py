@@ -1,0 +1,202 @@
+"""Prometheus exposition: fleet gauges rendered from a snapshot, plus live request metrics.
+
+The fleet part is a pure function of the registry rows (:func:`render_fleet`), rendered in
+the background every ``metrics_refresh_interval_s``; a scrape only concatenates bytes, so a
+scrape never runs a query and its cost does not grow with the fleet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Final
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from fleetpulse.store import AgentRecord
+
+__all__ = [
+    "CONTENT_TYPE",
+    "GIB",
+    "RequestMetrics",
+    "render_fleet",
+    "request_metrics_middleware",
+]
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+GIB: Final = 1024.0**3
+STATUSES: Final = ("online", "offline")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: str) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if value != int(value) or abs(value) >= 1e15 else str(int(value))
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, text: str) -> None:
+        self.lines = [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        self.name = name
+
+    def add(self, labels: str, value: float) -> None:
+        self.lines.append(f"{self.name}{{{labels}}} {_number(value)}")
+
+
+def render_fleet(
+    records: Iterable[AgentRecord], *, now: float, per_agent_limit: int
+) -> tuple[bytes, int]:
+    """Fleet gauges of the registry rows; returns the text and how many agents were left out
+    of the per-agent series because of ``per_agent_limit``."""
+    agents: dict[tuple[str, str], int] = defaultdict(int)
+    vram: dict[tuple[str, str], float] = defaultdict(float)
+    gpus: dict[tuple[str, str], int] = defaultdict(int)
+    cores: dict[str, int] = defaultdict(int)
+    mem: dict[str, float] = defaultdict(float)
+    rows = sorted(records, key=lambda r: r.agent_id)
+    for r in rows:
+        agents[(r.pool_name, r.status)] += 1
+        if r.status != "online":
+            continue
+        cores[r.pool_name] += r.cpu_available_cores
+        mem[r.pool_name] += r.mem_available_gb
+        for g in r.gpus:
+            if g.error:
+                continue
+            key = (r.pool_name, g.name or r.gpu_type)
+            gpus[key] += 1
+            vram[key] += g.vram_free_gb
+    pools = sorted({pool for pool, _ in agents})
+    fam_agents = _Family("fleetpulse_agents", "gauge", "Agents in the registry by pool and status.")
+    for pool in pools:
+        for status in STATUSES:
+            fam_agents.add(_labels(pool=pool, status=status), agents.get((pool, status), 0))
+    fam_vram = _Family(
+        "fleetpulse_capacity_gpu_vram_free_bytes",
+        "gauge",
+        "Free VRAM on usable GPUs of online agents.",
+    )
+    fam_gpus = _Family("fleetpulse_capacity_gpus", "gauge", "Usable GPUs of online agents.")
+    for pool, kind in sorted(gpus):
+        fam_vram.add(_labels(pool=pool, gpu_type=kind), vram[(pool, kind)] * GIB)
+        fam_gpus.add(_labels(pool=pool, gpu_type=kind), gpus[(pool, kind)])
+    fam_cores = _Family(
+        "fleetpulse_capacity_cpu_available_cores", "gauge", "Available cores of online agents."
+    )
+    fam_mem = _Family(
+        "fleetpulse_capacity_mem_available_bytes", "gauge", "Available memory of online agents."
+    )
+    for pool in pools:
+        fam_cores.add(_labels(pool=pool), cores.get(pool, 0))
+        fam_mem.add(_labels(pool=pool), mem.get(pool, 0.0) * GIB)
+    per_agent = [
+        _Family("fleetpulse_agent_up", "gauge", "1 if the agent is online."),
+        _Family(
+            "fleetpulse_agent_gpu_vram_available_bytes",
+            "gauge",
+            "Largest free VRAM on one GPU of the agent.",
+        ),
+        _Family("fleetpulse_agent_cpu_available_cores", "gauge", "Available cores of the agent."),
+        _Family(
+            "fleetpulse_agent_heartbeat_age_seconds",
+            "gauge",
+            "Seconds since the agent's last heartbeat was received.",
+        ),
+        _Family(
+            "fleetpulse_agent_gpu_probe_failures_total",
+            "counter",
+            "GPU probes that failed, as the agent reports.",
+        ),
+        _Family(
+            "fleetpulse_agent_spool_dropped_total",
+            "counter",
+            "Samples the agent dropped from its spool, as it reports.",
+        ),
+    ]
+    up, agent_vram, agent_cores, age, probe, dropped = per_agent
+    for r in rows[:per_agent_limit]:
+        labels = _labels(agent_id=str(r.agent_id), hostname=r.hostname, pool=r.pool_name)
+        up.add(labels, 1 if r.status == "online" else 0)
+        agent_vram.add(labels, r.gpu_vram_available_gb * GIB)
+        agent_cores.add(labels, r.cpu_available_cores)
+        age.add(labels, round(max(0.0, now - r.last_heartbeat_at.timestamp()), 3))
+        if r.gpu_probe_failures_total is not None:
+            probe.add(labels, r.gpu_probe_failures_total)
+        if r.spool_dropped_total is not None:
+            dropped.add(labels, r.spool_dropped_total)
+    omitted = max(0, len(rows) - per_agent_limit)
+    fam_omitted = _Family(
+        "fleetpulse_metrics_agents_omitted",
+        "gauge",
+        "Agents left out of the per-agent series by metrics_per_agent_limit.",
+    )
+    fam_omitted.lines.append(f"fleetpulse_metrics_agents_omitted {omitted}")
+    families = [fam_agents, fam_vram, fam_gpus, fam_cores, fam_mem, *per_agent, fam_omitted]
+    text = "\n".join(line for fam in families for line in fam.lines) + "\n"
+    return text.encode(), omitted
+
+
+class RequestMetrics:
+    """Request counters and latency by method and route template (never the raw path)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fleetpulse_api_requests",
+            "API requests by method, route and status.",
+            ["method", "path", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "fleetpulse_api_request_duration_seconds",
+            "API request latency by method and route.",
+            ["method", "path"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, path, str(status)).inc()
+        self.duration.labels(method, path).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def request_metrics_middleware(metrics: RequestMetrics) -> object:
+    """An ASGI middleware factory recording every routed HTTP request except streams' duration."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await app(scope, receive, capture)
+            finally:
+                path = scope.get("path_template") or "unmatched"
+                metrics.observe(
+                    str(scope.get("method", "GET")), path, status, time.perf_counter() - started
+                )
+
+        return middleware
+
+    return factory

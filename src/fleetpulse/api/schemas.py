@@ -1,0 +1,263 @@
+"""Response bodies of the HTTP API (msgspec structs; the OpenAPI document is built from them)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from fleetpulse.store import AgentRecord, CapacityMatch, GpuBucket, HostBucket, StatusEvent
+
+__all__ = [
+    "Agent",
+    "AgentList",
+    "Capacity",
+    "CapacityList",
+    "ErrorBody",
+    "Event",
+    "EventList",
+    "Gpu",
+    "Health",
+    "History",
+    "HistoryGpu",
+    "HistoryPoint",
+    "Stat",
+    "agent_of",
+    "capacity_of",
+    "event_of",
+    "history_points",
+]
+
+Status = Literal["online", "offline"]
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error answer: ``detail`` names the offending parameter where there is one."""
+
+    status_code: int
+    detail: str
+    extra: list[dict[str, Any]] | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None
+
+
+class Gpu(msgspec.Struct, kw_only=True):
+    index: int
+    uuid: str
+    name: str
+    vram_total_gb: float
+    vram_free_gb: float
+    util_pct: float | None
+    temp_c: float | None
+    power_w: float | None
+    error: str | None
+
+
+class Agent(msgspec.Struct, kw_only=True):
+    """One agent's latest state, numbers exactly as its latest heartbeat reported them."""
+
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    status: Status
+    status_changed_at: datetime
+    first_seen_at: datetime
+    last_heartbeat_at: datetime
+    last_sampled_at: datetime | None
+    sample_age_s: float | None
+    agent_version: str
+    work_state: str
+    cpu_cores: int
+    cpu_available_cores: int
+    cpu_load_1m: float
+    mem_total_gb: float
+    mem_available_gb: float
+    gpu_type: str
+    gpu_count: int
+    gpu_vram_total_gb: float
+    gpu_vram_available_gb: float
+    gpus: list[Gpu]
+    errors: list[str]
+    reliability_30d: float | None
+
+
+class Capacity(Agent, kw_only=True):
+    """An agent's capacity; ``matching_gpus`` are the GPU indexes that satisfy the query."""
+
+    matching_gpus: list[int]
+
+
+class AgentList(msgspec.Struct, kw_only=True):
+    items: list[Agent]
+    count: int
+    as_of: datetime
+    next_after: uuid.UUID | None = None
+
+
+class CapacityList(msgspec.Struct, kw_only=True):
+    """``as_of``: when the in-process registry index last read the database."""
+
+    items: list[Capacity]
+    count: int
+    as_of: datetime
+
+
+class Event(msgspec.Struct, kw_only=True):
+    id: int
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    at: datetime
+    from_status: Status | None
+    to_status: Status
+    reason: str
+
+
+class EventList(msgspec.Struct, kw_only=True):
+    items: list[Event]
+    count: int
+    as_of: datetime
+
+
+class Stat(msgspec.Struct, kw_only=True):
+    avg: float | None
+    min: float | None
+    max: float | None
+
+
+class HistoryGpu(msgspec.Struct, kw_only=True):
+    index: int
+    samples: int
+    vram_free_gb: Stat
+    util_pct_avg: float | None
+
+
+class HistoryPoint(msgspec.Struct, kw_only=True):
+    bucket: datetime
+    samples: int
+    cpu_load_1m: Stat
+    cpu_available_cores: Stat
+    mem_available_gb: Stat
+    gpu_vram_available_gb: Stat
+    gpus: list[HistoryGpu]
+
+
+class History(msgspec.Struct, kw_only=True):
+    agent_id: uuid.UUID
+    since: datetime
+    until: datetime
+    bucket_s: float
+    points: list[HistoryPoint]
+    count: int
+
+
+def _gpus(record: AgentRecord) -> list[Gpu]:
+    return [
+        Gpu(
+            index=g.index,
+            uuid=g.uuid,
+            name=g.name,
+            vram_total_gb=g.vram_total_gb,
+            vram_free_gb=g.vram_free_gb,
+            util_pct=g.util_pct,
+            temp_c=g.temp_c,
+            power_w=g.power_w,
+            error=g.error,
+        )
+        for g in record.gpus
+    ]
+
+
+def _fields(record: AgentRecord, reliability: float | None, now: float) -> dict[str, Any]:
+    sampled = record.last_sampled_at
+    return {
+        "agent_id": record.agent_id,
+        "hostname": record.hostname,
+        "pool_name": record.pool_name,
+        "status": record.status,
+        "status_changed_at": record.status_changed_at,
+        "first_seen_at": record.first_seen_at,
+        "last_heartbeat_at": record.last_heartbeat_at,
+        "last_sampled_at": sampled,
+        "sample_age_s": None if sampled is None else round(max(0.0, now - sampled.timestamp()), 3),
+        "agent_version": record.agent_version,
+        "work_state": record.work_state,
+        "cpu_cores": record.cpu_cores,
+        "cpu_available_cores": record.cpu_available_cores,
+        "cpu_load_1m": record.cpu_load_1m,
+        "mem_total_gb": record.mem_total_gb,
+        "mem_available_gb": record.mem_available_gb,
+        "gpu_type": record.gpu_type,
+        "gpu_count": record.gpu_count,
+        "gpu_vram_total_gb": record.gpu_vram_total_gb,
+        "gpu_vram_available_gb": record.gpu_vram_available_gb,
+        "gpus": _gpus(record),
+        "errors": list(record.errors),
+        "reliability_30d": reliability,
+    }
+
+
+def agent_of(record: AgentRecord, reliability: float | None, now: float | None = None) -> Agent:
+    return Agent(**_fields(record, reliability, time.time() if now is None else now))
+
+
+def capacity_of(match: CapacityMatch, now: float | None = None) -> Capacity:
+    fields = _fields(match.record, match.reliability_30d, time.time() if now is None else now)
+    return Capacity(**fields, matching_gpus=list(match.matching_gpus))
+
+
+def event_of(event: StatusEvent) -> Event:
+    return Event(
+        id=event.id,
+        agent_id=event.agent_id,
+        hostname=event.hostname,
+        pool_name=event.pool_name,
+        at=event.at,
+        from_status=event.from_status,
+        to_status=event.to_status,
+        reason=event.reason,
+    )
+
+
+def history_points(hosts: list[HostBucket], gpus: list[GpuBucket]) -> list[HistoryPoint]:
+    """Join host buckets with the per-GPU buckets of the same time."""
+    by_time: dict[datetime, list[HistoryGpu]] = {}
+    for g in gpus:
+        by_time.setdefault(g.bucket, []).append(
+            HistoryGpu(
+                index=g.gpu_index,
+                samples=g.samples,
+                vram_free_gb=Stat(
+                    avg=g.vram_free_gb_avg, min=g.vram_free_gb_min, max=g.vram_free_gb_max
+                ),
+                util_pct_avg=g.util_pct_avg,
+            )
+        )
+    return [
+        HistoryPoint(
+            bucket=h.bucket,
+            samples=h.samples,
+            cpu_load_1m=Stat(avg=h.cpu_load_1m_avg, min=h.cpu_load_1m_min, max=h.cpu_load_1m_max),
+            cpu_available_cores=Stat(
+                avg=h.cpu_available_cores_avg,
+                min=h.cpu_available_cores_min,
+                max=h.cpu_available_cores_max,
+            ),
+            mem_available_gb=Stat(
+                avg=h.mem_available_gb_avg, min=h.mem_available_gb_min, max=h.mem_available_gb_max
+            ),
+            gpu_vram_available_gb=Stat(
+                avg=h.gpu_vram_available_gb_avg,
+                min=h.gpu_vram_available_gb_min,
+                max=h.gpu_vram_available_gb_max,
+            ),
+            gpus=by_time.get(h.bucket, []),
+        )
+        for h in hosts
+    ]

@@ -1,0 +1,121 @@
+"""What the routes share: settings, the database, the registry index, the event feed, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from litestar.datastructures import State
+
+from fleetpulse.api.metrics import RequestMetrics, render_fleet
+from fleetpulse.api.rows import RowCache
+from fleetpulse.config import Settings
+from fleetpulse.store import Database, EventFeed, RegistryFollower, RegistryIndex
+
+__all__ = ["Services", "open_services", "services_of"]
+
+log = logging.getLogger(__name__)
+
+# With an unchanged registry the snapshot is re-rendered this rarely (ages drift meanwhile).
+IDLE_RERENDER_S: Final = 30.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    index: RegistryIndex
+    follower: RegistryFollower
+    feed: EventFeed
+    request_metrics: RequestMetrics
+    rows: RowCache = field(default_factory=RowCache)
+    fleet_metrics: bytes = b""
+    fleet_metrics_at: float = 0.0
+    fleet_metrics_version: int = -1
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def refresh_fleet_metrics(self, *, force: bool = True) -> None:
+        now = time.time()
+        unchanged = self.index.version == self.fleet_metrics_version
+        if not force and unchanged and now - self.fleet_metrics_at < IDLE_RERENDER_S:
+            return  # nothing changed: only the heartbeat ages would move
+        version = self.index.version
+        records = list(self.index.records())
+        limit = self.settings.api.metrics_per_agent_limit
+        # Rendering is CPU work proportional to the fleet: off the event loop.
+        text, omitted = await asyncio.to_thread(
+            render_fleet, records, now=now, per_agent_limit=limit
+        )
+        if omitted and not self.fleet_metrics:
+            log.warning(
+                "per-agent metrics capped at %d agents (api.metrics_per_agent_limit); %d left out",
+                limit,
+                omitted,
+            )
+        self.fleet_metrics, self.fleet_metrics_at = text, now
+        self.fleet_metrics_version = version
+
+    async def _metrics_loop(self) -> None:
+        interval = self.settings.api.metrics_refresh_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_fleet_metrics(force=False)
+            except Exception:  # a broken render must not stop the loop; the age gauge shows it
+                log.exception("fleet metrics refresh failed")
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, request_metrics: RequestMetrics
+) -> AsyncIterator[Services]:
+    """Open everything the API needs, in order; close in reverse."""
+    api = settings.api
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(Database(settings.database))
+        index = RegistryIndex()
+        follower = await stack.enter_async_context(
+            RegistryFollower(
+                db,
+                index,
+                refresh_interval_s=api.capacity_refresh_interval_s,
+                poll_interval_s=api.registry_poll_interval_s,
+                resync_interval_s=api.registry_resync_interval_s,
+                reliability_interval_s=api.reliability_refresh_interval_s,
+                overlap_s=api.registry_overlap_s,
+            )
+        )
+        feed = await stack.enter_async_context(
+            EventFeed(
+                db, poll_interval_s=api.registry_poll_interval_s, max_pending=api.sse_max_pending
+            )
+        )
+        services = Services(
+            settings=settings,
+            db=db,
+            index=index,
+            follower=follower,
+            feed=feed,
+            request_metrics=request_metrics,
+        )
+        await services.refresh_fleet_metrics()
+        task = asyncio.create_task(services._metrics_loop(), name="fleet-metrics")
+        services.tasks.append(task)
+        try:
+            yield services
+        finally:
+            follower.request_stop()  # both loops wind down together
+            feed.request_stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def services_of(state: State) -> Services:
+    services: Services = state.services
+    return services

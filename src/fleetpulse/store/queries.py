@@ -1,0 +1,426 @@
+"""Read queries of the API: registry rows, reliability, history buckets, status events.
+
+Every function takes an open connection and returns immutable structs; SQL stays here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+import msgspec
+import psycopg
+from psycopg.rows import TupleRow
+
+__all__ = [
+    "AgentRecord",
+    "GpuBucket",
+    "GpuState",
+    "HostBucket",
+    "StatusEvent",
+    "fetch_agent",
+    "fetch_agents",
+    "fetch_events",
+    "fetch_history",
+    "fetch_registry",
+    "fetch_reliability",
+    "latest_event_id",
+    "ping",
+    "sql_capacity",
+]
+
+Conn = psycopg.AsyncConnection[TupleRow]
+AgentStatus = Literal["online", "offline"]
+RELIABILITY_WINDOW: Final = timedelta(days=30)
+
+
+class GpuState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One GPU as the latest heartbeat reported it; ``error`` set means not capacity."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    vram_total_gb: float = 0.0
+    vram_free_gb: float = 0.0
+    util_pct: float | None = None
+    temp_c: float | None = None
+    power_w: float | None = None
+    error: str | None = None
+
+
+class _AgentStats(msgspec.Struct, frozen=True, gc=False):
+    gpu_probe_failures_total: int | None = None
+    dropped_total: int | None = None
+
+
+class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One registry row: the agent's latest state (untracked by the garbage collector:
+    the index holds one per agent, and full collections over them would stall requests)."""
+
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    status: AgentStatus
+    status_changed_at: datetime
+    first_seen_at: datetime
+    last_heartbeat_at: datetime
+    last_sampled_at: datetime | None
+    agent_version: str
+    work_state: str
+    cpu_cores: int
+    cpu_available_cores: int
+    cpu_load_1m: float
+    mem_total_gb: float
+    mem_available_gb: float
+    gpu_type: str
+    gpu_count: int
+    gpu_vram_total_gb: float
+    gpu_vram_available_gb: float
+    gpus: tuple[GpuState, ...]
+    errors: tuple[str, ...]
+    gpu_probe_failures_total: int | None
+    spool_dropped_total: int | None
+    updated_at: datetime
+
+
+class HostBucket(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: datetime
+    samples: int
+    cpu_load_1m_avg: float
+    cpu_load_1m_min: float
+    cpu_load_1m_max: float
+    cpu_available_cores_avg: float
+    cpu_available_cores_min: int
+    cpu_available_cores_max: int
+    mem_available_gb_avg: float
+    mem_available_gb_min: float
+    mem_available_gb_max: float
+    gpu_vram_available_gb_avg: float
+    gpu_vram_available_gb_min: float
+    gpu_vram_available_gb_max: float
+
+
+class GpuBucket(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: datetime
+    gpu_index: int
+    samples: int
+    vram_free_gb_avg: float
+    vram_free_gb_min: float
+    vram_free_gb_max: float
+    util_pct_avg: float | None
+
+
+class StatusEvent(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    at: datetime
+    from_status: AgentStatus | None
+    to_status: AgentStatus
+    reason: str
+
+
+_gpus_decoder: Final = msgspec.json.Decoder(list[GpuState])
+_errors_decoder: Final = msgspec.json.Decoder(list[str])
+_stats_decoder: Final = msgspec.json.Decoder(_AgentStats)
+
+REGISTRY_COLUMNS: Final = """
+    agent_id, hostname, pool_name, status, status_changed_at, first_seen_at,
+    last_heartbeat_at, last_sampled_at, agent_version, work_state, cpu_cores,
+    cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,
+    gpu_vram_total_gb, gpu_vram_available_gb, (resource_metrics->'gpus')::text,
+    (resource_metrics->'errors')::text, agent_stats::text, updated_at
+"""
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], text: str | None, default: Any) -> Any:
+    # The jsonb is what the ingest accepted; a shape this reader does not know is no capacity.
+    if not text or text == "null":
+        return default
+    try:
+        return decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return default
+
+
+def record_from_row(row: TupleRow) -> AgentRecord:
+    """An :class:`AgentRecord` from a row selected with :data:`REGISTRY_COLUMNS`."""
+    stats: _AgentStats = _decode(_stats_decoder, row[21], _AgentStats())
+    return AgentRecord(
+        agent_id=row[0],
+        hostname=row[1],
+        pool_name=row[2],
+        status=row[3],
+        status_changed_at=row[4],
+        first_seen_at=row[5],
+        last_heartbeat_at=row[6],
+        last_sampled_at=row[7],
+        agent_version=row[8],
+        work_state=row[9],
+        cpu_cores=row[10],
+        cpu_available_cores=row[11],
+        cpu_load_1m=row[12],
+        mem_total_gb=row[13],
+        mem_available_gb=row[14],
+        gpu_type=row[15],
+        gpu_count=row[16],
+        gpu_vram_total_gb=row[17],
+        gpu_vram_available_gb=row[18],
+        gpus=tuple(_decode(_gpus_decoder, row[19], [])),
+        errors=tuple(_decode(_errors_decoder, row[20], [])),
+        gpu_probe_failures_total=stats.gpu_probe_failures_total,
+        spool_dropped_total=stats.dropped_total,
+        updated_at=row[22],
+    )
+
+
+async def ping(conn: Conn) -> None:
+    await conn.execute("SELECT 1")
+
+
+async def fetch_registry(
+    conn: Conn,
+    *,
+    updated_after: datetime | None = None,
+    known: Callable[[uuid.UUID], datetime | None] | None = None,
+) -> list[AgentRecord]:
+    """Every registry row, or those written after ``updated_after``; rows for which
+    ``known(agent_id)`` already returns their ``updated_at`` are not decoded again."""
+    if updated_after is None:
+        cur = await conn.execute(f"SELECT {REGISTRY_COLUMNS} FROM agent_registry")
+    else:
+        cur = await conn.execute(
+            f"SELECT {REGISTRY_COLUMNS} FROM agent_registry WHERE updated_at > %s",
+            (updated_after,),
+        )
+    rows = await cur.fetchall()
+    if known is None:
+        return [record_from_row(row) for row in rows]
+    return [record_from_row(row) for row in rows if known(row[0]) != row[22]]
+
+
+async def fetch_agent(conn: Conn, agent_id: uuid.UUID) -> AgentRecord | None:
+    cur = await conn.execute(
+        f"SELECT {REGISTRY_COLUMNS} FROM agent_registry WHERE agent_id = %s", (agent_id,)
+    )
+    row = await cur.fetchone()
+    return None if row is None else record_from_row(row)
+
+
+async def fetch_agents(
+    conn: Conn,
+    *,
+    status: AgentStatus | None = None,
+    pool: str | None = None,
+    limit: int = 1000,
+    after: uuid.UUID | None = None,
+) -> list[AgentRecord]:
+    """Registry rows by agent_id; page with ``after`` = the last agent_id seen."""
+    cur = await conn.execute(
+        f"SELECT {REGISTRY_COLUMNS} FROM agent_registry"
+        " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+        "   AND (%(pool)s::text IS NULL OR pool_name = %(pool)s)"
+        "   AND (%(after)s::uuid IS NULL OR agent_id > %(after)s)"
+        " ORDER BY agent_id LIMIT %(limit)s",
+        {"status": status, "pool": pool, "after": after, "limit": limit},
+    )
+    return [record_from_row(row) for row in await cur.fetchall()]
+
+
+# Online share over the part of the window the agent has been known in: the state at the
+# window's start comes from the last event before it; time between events belongs to the
+# state the earlier one entered.
+_RELIABILITY_SQL: Final = """
+WITH bounds AS (
+    SELECT %(now)s::timestamptz - %(window)s::interval AS lo, %(now)s::timestamptz AS hi
+), seed AS (
+    SELECT DISTINCT ON (e.agent_id) e.agent_id, b.lo AS at, e.to_status, 0::bigint AS id
+      FROM agent_status_events e, bounds b
+     WHERE e.at < b.lo AND (%(agent)s::uuid IS NULL OR e.agent_id = %(agent)s)
+     ORDER BY e.agent_id, e.at DESC, e.id DESC
+), inside AS (
+    SELECT e.agent_id, e.at, e.to_status, e.id
+      FROM agent_status_events e, bounds b
+     WHERE e.at >= b.lo AND e.at <= b.hi AND (%(agent)s::uuid IS NULL OR e.agent_id = %(agent)s)
+), spans AS (
+    SELECT agent_id, to_status,
+           extract(epoch FROM lead(at, 1, (SELECT hi FROM bounds))
+                   OVER (PARTITION BY agent_id ORDER BY at, id) - at) AS seconds
+      FROM (SELECT * FROM seed UNION ALL SELECT * FROM inside) AS events
+)
+SELECT agent_id,
+       sum(seconds) FILTER (WHERE to_status = 'online') AS online_s,
+       sum(seconds) AS known_s
+  FROM spans GROUP BY agent_id
+"""
+
+
+async def fetch_reliability(
+    conn: Conn,
+    *,
+    now: datetime,
+    agent_id: uuid.UUID | None = None,
+    window: timedelta = RELIABILITY_WINDOW,
+) -> dict[uuid.UUID, float]:
+    """Share of the window each agent was online, from its status events.
+
+    Agents without events, or known for no measurable time, are absent (reliability unknown).
+    """
+    cur = await conn.execute(_RELIABILITY_SQL, {"now": now, "window": window, "agent": agent_id})
+    result: dict[uuid.UUID, float] = {}
+    for agent, online_s, known_s in await cur.fetchall():
+        if known_s is not None and float(known_s) > 0:
+            result[agent] = round(min(1.0, float(online_s or 0) / float(known_s)), 6)
+    return result
+
+
+async def fetch_history(
+    conn: Conn, agent_id: uuid.UUID, *, since: datetime, until: datetime, bucket: timedelta
+) -> tuple[list[HostBucket], list[GpuBucket]]:
+    """``time_bucket`` aggregates of one agent's samples in ``[since, until)``."""
+    params = {"agent": agent_id, "since": since, "until": until, "bucket": bucket}
+    cur = await conn.execute(
+        "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS b, count(*),"
+        " avg(cpu_load_1m), min(cpu_load_1m), max(cpu_load_1m),"
+        " avg(cpu_available_cores)::float8, min(cpu_available_cores), max(cpu_available_cores),"
+        " avg(mem_available_gb), min(mem_available_gb), max(mem_available_gb),"
+        " avg(gpu_vram_available_gb), min(gpu_vram_available_gb), max(gpu_vram_available_gb)"
+        " FROM agent_samples WHERE agent_id = %(agent)s"
+        "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
+        " GROUP BY b ORDER BY b",
+        params,
+    )
+    hosts = [
+        HostBucket(
+            bucket=r[0],
+            samples=r[1],
+            cpu_load_1m_avg=r[2],
+            cpu_load_1m_min=r[3],
+            cpu_load_1m_max=r[4],
+            cpu_available_cores_avg=r[5],
+            cpu_available_cores_min=r[6],
+            cpu_available_cores_max=r[7],
+            mem_available_gb_avg=r[8],
+            mem_available_gb_min=r[9],
+            mem_available_gb_max=r[10],
+            gpu_vram_available_gb_avg=r[11],
+            gpu_vram_available_gb_min=r[12],
+            gpu_vram_available_gb_max=r[13],
+        )
+        for r in await cur.fetchall()
+    ]
+    cur = await conn.execute(
+        "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS b, gpu_index, count(*),"
+        " avg(vram_free_gb), min(vram_free_gb), max(vram_free_gb), avg(util_pct)"
+        " FROM gpu_samples WHERE agent_id = %(agent)s"
+        "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
+        " GROUP BY b, gpu_index ORDER BY b, gpu_index",
+        params,
+    )
+    gpus = [
+        GpuBucket(
+            bucket=r[0],
+            gpu_index=r[1],
+            samples=r[2],
+            vram_free_gb_avg=r[3],
+            vram_free_gb_min=r[4],
+            vram_free_gb_max=r[5],
+            util_pct_avg=r[6],
+        )
+        for r in await cur.fetchall()
+    ]
+    return hosts, gpus
+
+
+_EVENT_COLUMNS: Final = (
+    "e.id, e.agent_id, r.hostname, r.pool_name, e.at, e.from_status, e.to_status, e.reason"
+)
+
+
+async def fetch_events(
+    conn: Conn,
+    *,
+    agent_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> list[StatusEvent]:
+    """Status transitions in id order (the order they were decided)."""
+    cur = await conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM agent_status_events e"
+        " JOIN agent_registry r USING (agent_id)"
+        " WHERE (%(agent)s::uuid IS NULL OR e.agent_id = %(agent)s)"
+        "   AND (%(since)s::timestamptz IS NULL OR e.at >= %(since)s)"
+        "   AND (%(until)s::timestamptz IS NULL OR e.at < %(until)s)"
+        "   AND (%(after)s::bigint IS NULL OR e.id > %(after)s)"
+        " ORDER BY e.id LIMIT %(limit)s",
+        {"agent": agent_id, "since": since, "until": until, "after": after_id, "limit": limit},
+    )
+    return [
+        StatusEvent(
+            id=r[0],
+            agent_id=r[1],
+            hostname=r[2],
+            pool_name=r[3],
+            at=r[4],
+            from_status=r[5],
+            to_status=r[6],
+            reason=r[7],
+        )
+        for r in await cur.fetchall()
+    ]
+
+
+async def latest_event_id(conn: Conn) -> int:
+    cur = await conn.execute("SELECT coalesce(max(id), 0) FROM agent_status_events")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def sql_capacity(
+    conn: Conn,
+    *,
+    now: datetime,
+    min_gpu_vram_gb: float = 0.0,
+    min_cpu_cores: int = 0,
+    min_mem_gb: float = 0.0,
+    min_gpu_count: int = 0,
+    gpu_type: str | None = None,
+    pool: str | None = None,
+    max_sample_age_s: float | None = None,
+    limit: int = 100,
+) -> list[uuid.UUID]:
+    """The capacity query answered by SQL alone (the reference the registry index must equal)."""
+    need = max(min_gpu_count, 1 if (min_gpu_vram_gb > 0 or gpu_type is not None) else 0)
+    cur = await conn.execute(
+        "SELECT r.agent_id FROM agent_registry r"
+        " WHERE r.status = 'online'"
+        "   AND r.cpu_available_cores >= %(cores)s AND r.mem_available_gb >= %(mem)s"
+        "   AND (%(pool)s::text IS NULL OR r.pool_name = %(pool)s)"
+        "   AND (%(age)s::float8 IS NULL OR r.last_sampled_at >="
+        "        %(now)s::timestamptz - make_interval(secs => %(age)s::float8))"
+        "   AND (%(need)s = 0 OR (SELECT count(*) FROM jsonb_array_elements("
+        "        CASE jsonb_typeof(r.resource_metrics->'gpus') WHEN 'array'"
+        "        THEN r.resource_metrics->'gpus' ELSE '[]'::jsonb END) g"
+        "        WHERE coalesce(g->>'error', '') = ''"
+        "          AND (g->>'vram_free_gb')::float8 >= %(vram)s"
+        "          AND (%(type)s::text IS NULL OR g->>'name' = %(type)s)) >= %(need)s)"
+        " ORDER BY r.gpu_vram_available_gb DESC, r.cpu_available_cores DESC, r.agent_id"
+        " LIMIT %(limit)s",
+        {
+            "cores": min_cpu_cores,
+            "mem": min_mem_gb,
+            "pool": pool,
+            "age": max_sample_age_s,
+            "now": now,
+            "need": need,
+            "vram": min_gpu_vram_gb,
+            "type": gpu_type,
+            "limit": limit,
+        },
+    )
+    return [r[0] for r in await cur.fetchall()]
