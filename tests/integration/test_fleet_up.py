@@ -130,7 +130,15 @@ def test_up_runs_the_fleet_and_stops_cleanly(up: Up, up_env: dict[str, str]) -> 
     pools = sorted(a["pool_name"] for a in agents)
     assert "workstation" in pools  # the real local agent, with its declared pool
 
-    capacity = httpx.get(f"{api}/api/v1/agents/available-capacity").json()["items"]
+    # Capacity answers come from the API's in-process index, which trails the registry by
+    # up to capacity_refresh_interval_s (0.2 s here).
+    def full_capacity() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = httpx.get(f"{api}/api/v1/agents/available-capacity").json()[
+            "items"
+        ]
+        return rows if len(rows) == 4 else []
+
+    capacity = wait_for(full_capacity, 10, "4 agents in available capacity")
     assert len(capacity) == 4
     vram = [row["gpu_vram_available_gb"] for row in capacity]
     assert vram == sorted(vram, reverse=True)
