@@ -280,7 +280,7 @@ def test_any_encoded_heartbeat_decodes_to_itself(hb: Heartbeat) -> None:
     assert decode(encode(hb)) == hb
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048))
 def test_random_bytes_raise_only_the_contract_error(raw: bytes) -> None:
     reason = None
@@ -291,7 +291,7 @@ def test_random_bytes_raise_only_the_contract_error(raw: bytes) -> None:
     assert reason in {None, "malformed", "invalid", "schema_version", "oversize"}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
