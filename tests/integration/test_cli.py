@@ -71,25 +71,33 @@ def test_unreachable_database_is_one_line(
     assert "make services" in err
 
 
-def test_db_upgrade_creates_and_migrates(db_admin_url: str, worker_id: str) -> None:
+def test_db_upgrade_creates_and_migrates(
+    db_admin_url: str,
+    worker_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     name = f"fleetpulse_test_cli_{worker_id}"
     url = with_database(db_admin_url, name)
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
         conn.execute(drop)
+    monkeypatch.setenv("FLEETPULSE_DATABASE_URL", url)
     try:
-        env = {"FLEETPULSE_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-        first = run_cli("db", "upgrade", env=env)
+        # The real entry point once, as a user runs it; the rest in-process.
+        first = run_cli(
+            "db", "upgrade", env={"FLEETPULSE_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+        )
         assert first.returncode == 0, first.stderr
         assert "database created" in first.stdout
-        second = run_cli("db", "upgrade", env=env)
-        assert second.returncode == 0, second.stderr
-        assert f"revision {store.head_revision()}" in second.stdout
-        assert "created" not in second.stdout
-        current = run_cli("db", "current", env=env)
-        assert f"current {store.head_revision()}" in current.stdout
-        down = run_cli("db", "downgrade", env=env)
-        assert "revision base" in down.stdout
+        assert main(["db", "upgrade"]) == 0
+        second = capsys.readouterr().out
+        assert f"revision {store.head_revision()}" in second
+        assert "created" not in second
+        assert main(["db", "current"]) == 0
+        assert f"current {store.head_revision()}" in capsys.readouterr().out
+        assert main(["db", "downgrade"]) == 0
+        assert "revision base" in capsys.readouterr().out
         assert store.current_revision(url) is None
     finally:
         with psycopg.connect(db_admin_url, autocommit=True) as conn:
