@@ -104,6 +104,12 @@ def _timestamp(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
 
 
+def _quiet_connect_retries(record: logging.LogRecord) -> bool:
+    """aiormq logs every refused connect at ERROR; the agent and ingest say once per outage,
+    with the URL, what failed, so those lines would only bury everything else."""
+    return not str(record.msg).startswith("error when creating transport")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetpulse", description="Capacity and liveness for fleets of GPU workstations."
@@ -171,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Libraries' per-request and per-migration chatter, only when debugging.
         for noisy in ("alembic", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        connection_log = logging.getLogger("aiormq.connection")
+        if _quiet_connect_retries not in connection_log.filters:
+            connection_log.addFilter(_quiet_connect_retries)
     try:
         settings = load_settings(args.config)
         handler: Handler = args.handler

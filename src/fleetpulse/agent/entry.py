@@ -18,16 +18,7 @@ __all__ = ["run_agent", "run_simulate"]
 log = logging.getLogger(__name__)
 
 
-def _quiet_connect_retries(record: logging.LogRecord) -> bool:
-    """aiormq logs every refused connect at ERROR; during an outage the publisher says
-    so once itself, so those lines would only bury everything else."""
-    return not str(record.msg).startswith("error when creating transport")
-
-
 def _run(main: Coroutine[Any, Any, int]) -> int:
-    connection_log = logging.getLogger("aiormq.connection")
-    if _quiet_connect_retries not in connection_log.filters:
-        connection_log.addFilter(_quiet_connect_retries)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; be kind without it
