@@ -164,9 +164,20 @@ class RequestMetrics:
             registry=self.registry,
         )
 
+        # The labelled children, looked up once per (method, route, status): ``labels()``
+        # takes a lock and validates the labels on every call.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, path, str(status)).inc()
-        self.duration.labels(method, path).observe(seconds)
+        key = (method, path, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, path, str(status)),
+                self.duration.labels(method, path),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

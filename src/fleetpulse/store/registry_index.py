@@ -45,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FIRST_BLOCK: Final = 2048
+GATHER_MIN: Final = 64  # slots turned into Python ints at a time, at least
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
@@ -94,12 +95,11 @@ class CapacityMatch(msgspec.Struct, frozen=True):
 
 def matching_gpus(record: AgentRecord, query: CapacityFilter) -> tuple[int, ...]:
     """Indexes of the GPUs that are capacity (no error) and satisfy the per-GPU conditions."""
+    vram, kind = query.min_gpu_vram_gb, query.gpu_type
+    if kind is None:  # a list comprehension, not a generator: this runs once per row returned
+        return tuple([g.index for g in record.gpus if not g.error and g.vram_free_gb >= vram])
     return tuple(
-        gpu.index
-        for gpu in record.gpus
-        if not gpu.error
-        and gpu.vram_free_gb >= query.min_gpu_vram_gb
-        and (query.gpu_type is None or gpu.name == query.gpu_type)
+        [g.index for g in record.gpus if not g.error and g.vram_free_gb >= vram and g.name == kind]
     )
 
 
@@ -314,23 +314,30 @@ class RegistryIndex:
             return []
         clock = time.time() if now is None else now
         found: list[CapacityMatch] = []
+        limit = query.limit
+        records, reliability, order = self._records, self._reliability, self._order
         # Blocks in sort order, growing: a common query is answered from the first block,
         # one that matches little still costs only a few vectorised passes over the prefix.
         lo, block = 0, FIRST_BLOCK
         while lo < hi:
             up = min(hi, lo + block)
-            for slot in self._order[
-                lo + np.flatnonzero(self._mask(query, need, pool, kind, clock, lo, up))
-            ].tolist():
-                record = self._records[slot]
-                if record is None:  # pragma: no cover - a removed slot is never online
-                    continue
-                gpus = matching_gpus(record, query)
-                if len(gpus) < need:
-                    continue  # mixed GPU types or more GPUs than the columns keep: exact check
-                found.append(CapacityMatch(record, gpus, self._reliability.get(record.agent_id)))
-                if len(found) >= query.limit:
-                    return found
+            hits = np.flatnonzero(self._mask(query, need, pool, kind, clock, lo, up))
+            # Slots are gathered a few more than still wanted at a time: a common query
+            # matches most of a block but returns only its first ``limit`` hits.
+            start = 0
+            while start < len(hits):
+                step = max(GATHER_MIN, 2 * (limit - len(found)))
+                for slot in order[lo + hits[start : start + step]].tolist():
+                    record = records[slot]
+                    if record is None:  # pragma: no cover - a removed slot is never online
+                        continue
+                    gpus = matching_gpus(record, query)
+                    if len(gpus) < need:
+                        continue  # mixed GPU types or more GPUs than the columns keep
+                    found.append(CapacityMatch(record, gpus, reliability.get(record.agent_id)))
+                    if len(found) >= limit:
+                        return found
+                start += step
             lo, block = up, block * 4
         return found
 
