@@ -14,7 +14,7 @@ from fleetpulse.api.routes.agents import _auto_bucket, parse_bucket
 from fleetpulse.api.rows import RowCache
 from fleetpulse.api.schemas import CapacityList, capacity_of
 from fleetpulse.api.status import fleet_table, pool_summary
-from fleetpulse.store import CapacityFilter, RegistryIndex
+from fleetpulse.store import CapacityFilter, CapacityMatch, RegistryIndex
 from tests.unit.api.records import NOW, gpu, record
 
 
@@ -120,3 +120,28 @@ def test_fleet_table_online_first_and_pool_summary() -> None:
     assert "99.5%" in text
     assert pool_summary(rows) == "pools: cpu 0/1 online, gpu 1/1 online"
     assert pool_summary([]) == "pools: none"
+
+
+def test_row_cache_reuses_rows_only_while_record_and_reliability_hold() -> None:
+    cache = RowCache()
+    now = NOW.timestamp() + 10
+
+    def answer(match: CapacityMatch) -> dict[str, object]:
+        items = msgspec.json.decode(cache.capacity_list([match], as_of=NOW, now=now))["items"]
+        item: dict[str, object] = items[0]
+        assert item == msgspec.json.decode(msgspec.json.encode(capacity_of(match, now)))
+        return item
+
+    first = CapacityMatch(record("a", cores=8), (), 0.5)
+    assert answer(first)["cpu_cores"] == 8
+    assert answer(first)["sample_age_s"] == 11.0  # the very same record: cached row and time
+    # Another object for the same write (same updated_at, so the same content) keeps the row.
+    same_write = CapacityMatch(record("a", cores=8), (), 0.5)
+    assert same_write.record is not first.record
+    assert answer(same_write)["sample_age_s"] == 11.0
+    # A newer write is encoded again.
+    newer = CapacityMatch(record("a", cores=12, updated=NOW + timedelta(seconds=1)), (), 0.5)
+    assert answer(newer)["cpu_cores"] == 12
+    # So is a changed reliability score.
+    rescored = CapacityMatch(newer.record, (), 0.9)
+    assert answer(rescored)["reliability_30d"] == 0.9
