@@ -158,20 +158,8 @@ class History(msgspec.Struct, kw_only=True):
 
 
 def _gpus(record: AgentRecord) -> list[Gpu]:
-    return [
-        Gpu(
-            index=g.index,
-            uuid=g.uuid,
-            name=g.name,
-            vram_total_gb=g.vram_total_gb,
-            vram_free_gb=g.vram_free_gb,
-            util_pct=g.util_pct,
-            temp_c=g.temp_c,
-            power_w=g.power_w,
-            error=g.error,
-        )
-        for g in record.gpus
-    ]
+    """The store's GPU states as response structs (the same fields, one schema per layer)."""
+    return msgspec.convert(record.gpus, list[Gpu], from_attributes=True)
 
 
 def _fields(record: AgentRecord, reliability: float | None, now: float) -> dict[str, Any]:
@@ -213,16 +201,7 @@ def capacity_of(match: CapacityMatch, now: float | None = None) -> Capacity:
 
 
 def event_of(event: StatusEvent) -> Event:
-    return Event(
-        id=event.id,
-        agent_id=event.agent_id,
-        hostname=event.hostname,
-        pool_name=event.pool_name,
-        at=event.at,
-        from_status=event.from_status,
-        to_status=event.to_status,
-        reason=event.reason,
-    )
+    return msgspec.convert(event, Event, from_attributes=True)
 
 
 def history_points(hosts: list[HostBucket], gpus: list[GpuBucket]) -> list[HistoryPoint]:
