@@ -33,6 +33,13 @@ PG_MAJOR=15
 PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_MIN_CONNECTIONS=200
+# shared_buffers as timescaledb-tune (and so the TimescaleDB image) would size it: a quarter of the memory,
+# here capped at 2 GiB. With Debian's 128 MB a million-row registry does not fit, and every sweep or batch
+# evicts dirty pages itself (a WAL flush each). In 8 kB pages, as pg_settings and `postgres -C` report it.
+PG_MEM_KB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+PG_WANT_BUFFERS=$(( PG_MEM_KB / 4 / 8 ))
+(( PG_WANT_BUFFERS <= 262144 )) || PG_WANT_BUFFERS=262144
+(( PG_WANT_BUFFERS >= 16384 )) || PG_WANT_BUFFERS=16384
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONF_DIR=/etc/postgresql/$PG_MAJOR/main
 PG_DROPIN=$PG_CONF_DIR/conf.d/95-fleetpulse.conf
@@ -126,27 +133,29 @@ has_timescaledb() { [[ ",${1// /}," == *,timescaledb,* || ",${1// /}," == *,\"ti
 # Each probe returns 0 when that service is fine, and sets *_INFO (what the status line says about it).
 PG_INFO="" PG_PROBLEM="" PG_VERNUM=""
 probe_postgresql() {
-    local out ver spl maxc telem lic ext
+    local out ver spl maxc bufs telem lic ext
     [[ -x $PG_BIN/psql ]] || return 1
     out=$(tcp_psql -c "SELECT split_part(current_setting('server_version'), ' ', 1),
                               current_setting('server_version_num'),
                               current_setting('shared_preload_libraries'),
                               current_setting('max_connections'),
+                              (SELECT setting FROM pg_settings WHERE name = 'shared_buffers'),
                               coalesce(current_setting('timescaledb.telemetry_level', true), ''),
                               coalesce((SELECT default_version FROM pg_available_extensions
                                         WHERE name = 'timescaledb'), '')" 2>&3) || return 1
-    IFS='|' read -r ver PG_VERNUM spl maxc telem ext <<<"$out"
+    IFS='|' read -r ver PG_VERNUM spl maxc bufs telem ext <<<"$out"
     # timescaledb.license only exists once the extension is loaded in a database; the edition shows in the
     # files: the Timescale-License part lives in a separate timescaledb-tsl-*.so, absent in the Apache build
     lic=apache
     compgen -G "$PG_LIB_DIR/timescaledb-tsl-*.so" >/dev/null && lic="timescale license available"
-    PG_INFO="timescaledb ${ext:-?} (${lic:-?}) on $PG_HOST:$PG_PORT (PostgreSQL $ver, max_connections=$maxc)"
+    PG_INFO="timescaledb ${ext:-?} (${lic:-?}) on $PG_HOST:$PG_PORT (PostgreSQL $ver, max_connections=$maxc, shared_buffers=$(( bufs / 128 ))MB)"
     log "postgresql probe: version=$ver spl=$spl max_connections=$maxc telemetry=$telem license=$lic ext=$ext"
     PG_PROBLEM=""
     [[ $PG_VERNUM == "$PG_MAJOR"* ]] || { PG_PROBLEM="server on $PG_HOST:$PG_PORT is PostgreSQL $ver, not $PG_MAJOR"; return 1; }
     has_timescaledb "$spl" || { PG_PROBLEM="timescaledb not in shared_preload_libraries ('$spl')"; return 1; }
     [[ -n $ext ]] || { PG_PROBLEM="timescaledb extension not available"; return 1; }
     (( maxc >= PG_MIN_CONNECTIONS )) || { PG_PROBLEM="max_connections=$maxc < $PG_MIN_CONNECTIONS"; return 1; }
+    (( bufs >= PG_WANT_BUFFERS )) || { PG_PROBLEM="shared_buffers=$(( bufs / 128 ))MB < $(( PG_WANT_BUFFERS / 128 ))MB"; return 1; }
     [[ $telem == off ]] || { PG_PROBLEM="timescaledb.telemetry_level=$telem, not off"; return 1; }
     return 0
 }
@@ -334,7 +343,7 @@ build_timescaledb() {
 # Settings we manage go in one conf.d drop-in, merged with what the configuration already says (so re-running
 # is a fixed point and other preloaded libraries / wider listen_addresses are kept).
 pg_write_dropin() {
-    local spl listen maxc port libs=() l want
+    local spl listen maxc bufs port libs=() l want
     port=$(pg_conf_value port)
     [[ $port == "$PG_PORT" ]] || fail "cluster $PG_MAJOR/main is configured for port $port, not $PG_PORT" \
         "set 'port = $PG_PORT' in $PG_CONF_DIR/postgresql.conf (and move whatever else uses $PG_PORT), then re-run"
@@ -352,12 +361,15 @@ pg_write_dropin() {
     esac
     maxc=$(pg_conf_value max_connections)
     (( maxc >= PG_MIN_CONNECTIONS )) || maxc=$PG_MIN_CONNECTIONS
+    bufs=$(pg_conf_value shared_buffers)
+    (( bufs >= PG_WANT_BUFFERS )) || bufs=$PG_WANT_BUFFERS
     want="# Managed by fleetpulse scripts/services.sh (merged with the rest of the configuration; rewritten when needed)
 listen_addresses = '$listen'
 max_connections = $maxc
+shared_buffers = $(( bufs / 128 ))MB
 shared_preload_libraries = '$spl'
 timescaledb.telemetry_level = off"
-    PG_WANT_LISTEN=$listen PG_WANT_MAXC=$maxc
+    PG_WANT_LISTEN=$listen PG_WANT_MAXC=$maxc PG_WANT_BUFFERS=$bufs
     PG_DROPIN_CHANGED=0
     if [[ -f $PG_DROPIN && $(<"$PG_DROPIN") == "$want" ]]; then return 0; fi
     grep -Eq "^[[:space:]]*include_dir[[:space:]]*=?[[:space:]]*'conf\.d'" "$PG_CONF_DIR/postgresql.conf" ||
@@ -451,11 +463,12 @@ ensure_postgresql() {
         pg_wait_ready
     else
         pg_wait_ready
-        local spl maxc listen
+        local spl maxc listen bufs
         spl=$(admin_psql -c 'SHOW shared_preload_libraries' 2>&3) || spl=""
         maxc=$(admin_psql -c 'SHOW max_connections' 2>&3) || maxc=0
+        bufs=$(admin_psql -c "SELECT setting FROM pg_settings WHERE name = 'shared_buffers'" 2>&3) || bufs=0
         listen=$(admin_psql -c 'SHOW listen_addresses' 2>&3) || listen=""
-        if ! has_timescaledb "$spl" || (( maxc < PG_WANT_MAXC )) || [[ ${listen// /} != "$PG_WANT_LISTEN" ]]; then
+        if ! has_timescaledb "$spl" || (( maxc < PG_WANT_MAXC || bufs < PG_WANT_BUFFERS )) || [[ ${listen// /} != "$PG_WANT_LISTEN" ]]; then
             HINT="see /var/log/postgresql/postgresql-$PG_MAJOR-main.log"
             pgctl restart
             PG_ACTIONS+=("restarted to load timescaledb/apply settings")
@@ -476,7 +489,7 @@ ensure_postgresql() {
     if ! probe_postgresql; then
         local src
         src=$(admin_psql -c "SELECT coalesce(string_agg(name || ' from ' || coalesce(sourcefile, source), ', '), '')
-                             FROM pg_settings WHERE name IN ('shared_preload_libraries', 'max_connections',
+                             FROM pg_settings WHERE name IN ('shared_preload_libraries', 'max_connections', 'shared_buffers',
                                                              'timescaledb.telemetry_level')" 2>&3) || src="?"
         fail "${PG_PROBLEM:-cannot query the server on $PG_HOST:$PG_PORT} after configuring it" \
             "a setting elsewhere overrides $PG_DROPIN ($src); e.g. ALTER SYSTEM RESET it, then re-run"

@@ -30,6 +30,20 @@ def test_capacity_and_silence_indexes_exist(db_url: str) -> None:
     assert "last_heartbeat_at" in defs["agent_registry_silence"]
 
 
+def test_status_transitions_write_no_per_row_checks(db_url: str) -> None:
+    """0002: a sweep's events run no foreign-key lookup and its rows feed no unused index."""
+    with psycopg.connect(db_url) as conn:
+        fks = conn.execute(
+            "SELECT conname FROM pg_constraint"
+            " WHERE conrelid = 'agent_status_events'::regclass AND contype = 'f'"
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'agent_registry'"
+        ).fetchall()
+    assert fks == []
+    assert "agent_registry_pool" not in {name for (name,) in indexes}
+
+
 def test_upgrade_is_idempotent_and_downgrade_reverses(db_admin_url: str, worker_id: str) -> None:
     url = with_database(db_admin_url, f"fleetpulse_test_migrate_{worker_id}")
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
