@@ -3,7 +3,8 @@
 1. Drain: a pre-filled queue of N heartbeats, drained by one ingest (stored once, registry
    current), beside the bare consume-and-ack rate of aiormq (the library ingest uses) and
    of aio-pika for the very same messages (one publish fills all three queues), no
-   database. Several runs; medians reported.
+   database. Several runs, the consumers taking turns at going first; medians reported,
+   and the median of the per-run ratios (ingest against each bare consumer of that run).
 2. Latency: publish-to-commit (publisher's wall clock before publish → ingest's wall clock
    after commit and ack) at a fixed rate, with the publisher in its own process on this box.
 
@@ -20,7 +21,7 @@ import os
 import sys
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import aiormq
@@ -230,6 +231,14 @@ def reset(db_url: str) -> None:
         )
 
 
+CONSUMERS: Final = ["bare_aiormq", "bare_aiopika", "bare_aiormq_bulk", "ingest"]
+BARE: Final = {
+    "bare_aiormq": bare_aiormq,
+    "bare_aiopika": bare_aiopika,
+    "bare_aiormq_bulk": bare_aiormq_bulk,
+}
+
+
 async def throughput(args: argparse.Namespace, db_url: str, amqp_url: str) -> dict[str, Any]:
     await setup_queues(amqp_url)
     agents = fleet(args.agents)
@@ -244,7 +253,7 @@ async def throughput(args: argparse.Namespace, db_url: str, amqp_url: str) -> di
         write_method=args.write_method,
         commit_pipeline=args.pipeline,
     )
-    for _ in range(args.runs):
+    for run in range(args.runs):
         reset(db_url)
         queues = (INGEST_QUEUE, BARE_AIORMQ, BARE_AIOPIKA, BARE_BULK)
         await purge(amqp_url, queues)
@@ -253,15 +262,26 @@ async def throughput(args: argparse.Namespace, db_url: str, amqp_url: str) -> di
         # Quorum queues may report a few more (broker-side resends under load): the
         # consumers below stop at exactly N either way.
         assert all(d >= args.messages for d in depths), depths
-        aiormq_rate = await bare_aiormq(amqp_url, args.messages, args.prefetch)
-        aiopika_rate = await bare_aiopika(amqp_url, args.messages, args.prefetch)
-        bulk_rate = await bare_aiormq_bulk(amqp_url, args.messages, args.prefetch)
-        ingest_rate, seen = await drain_with_ingest(settings, args.messages)
+        # The four consumers take turns at going first: right after a prefill the broker is
+        # still settling its queues, and a fixed order would hand that cost to one of them.
+        rates: dict[str, float] = {}
+        seen: dict[str, Any] = {}
+        order = CONSUMERS[run % len(CONSUMERS) :] + CONSUMERS[: run % len(CONSUMERS)]
+        for consumer in order:
+            if consumer == "ingest":
+                rates[consumer], seen = await drain_with_ingest(settings, args.messages)
+            else:
+                rates[consumer] = await BARE[consumer](amqp_url, args.messages, args.prefetch)
+        ingest_rate, aiormq_rate = rates["ingest"], rates["bare_aiormq"]
+        aiopika_rate, bulk_rate = rates["bare_aiopika"], rates["bare_aiormq_bulk"]
         check = verify(db_url, args.messages, args.agents)
         left = await depth(amqp_url, INGEST_QUEUE)
         runs.append(
             {
+                "order": order,
                 "ingest_per_s": round(ingest_rate),
+                "ingest_vs_bare_aiormq": round(ingest_rate / aiormq_rate, 3),
+                "ingest_vs_bare_aiopika": round(ingest_rate / aiopika_rate, 3),
                 "bare_aiormq_per_s": round(aiormq_rate),
                 "bare_aiopika_per_s": round(aiopika_rate),
                 "bare_aiormq_bulk_ack_per_s": round(bulk_rate),
@@ -285,6 +305,13 @@ async def throughput(args: argparse.Namespace, db_url: str, amqp_url: str) -> di
         "median_bare_aiormq_per_s": bare_aiormq_rate,
         "median_bare_aiopika_per_s": bare_aiopika_rate,
         "median_bare_aiormq_bulk_ack_per_s": bulk,
+        # Paired within each run (same messages, same broker state), then the median.
+        "median_ingest_vs_bare_aiormq": round(
+            median([r["ingest_vs_bare_aiormq"] for r in runs]), 3
+        ),
+        "median_ingest_vs_bare_aiopika": round(
+            median([r["ingest_vs_bare_aiopika"] for r in runs]), 3
+        ),
         "ingest_vs_bare_aiormq": round(ingest / bare_aiormq_rate, 3),
         "ingest_vs_bare_aiormq_bulk_ack": round(ingest / bulk, 3),
         "ingest_vs_bare_aiopika": round(ingest / bare_aiopika_rate, 3),

@@ -3,7 +3,8 @@
 For each size: fill the registry (all online, heard within the last 30 s), then several
 runs that age 1 % of the agents past ``offline_after_s`` and time one sweep (the UPDATE
 plus its ``silence`` events, committed), and time the steady-state sweep that finds
-nobody (what runs every second). Medians reported, plus the plan of the sweep.
+nobody (what runs every second). Medians reported, plus the plan of the sweep, and the
+floor: the same number of one-column changes by key in a narrow table, each logged.
 
     python bench/silence_sweep.py [--sizes 100000,1000000] [--runs 5]
 """
@@ -72,6 +73,41 @@ async def explain(url: str) -> list[str]:
     return lines
 
 
+FLOOR_SETUP = """
+CREATE TABLE floor_rows (id uuid PRIMARY KEY, state boolean NOT NULL);
+INSERT INTO floor_rows SELECT gen_random_uuid(), false FROM generate_series(1, %s);
+CREATE TABLE floor_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, row_id uuid NOT NULL);
+"""
+FLOOR_WRITE = """
+WITH changed AS (UPDATE floor_rows SET state = NOT state WHERE id = ANY(%s) RETURNING id)
+INSERT INTO floor_log (row_id) SELECT id FROM changed
+"""
+
+
+def write_floor_ms(url: str, size: int, changed: int, runs: int) -> list[float]:
+    """What this box takes to flip one column of ``changed`` rows found by key in a narrow
+    table of ``size`` rows and log one row each: a floor under any design that records a
+    transition per agent, whatever its indexes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FLOOR_SETUP.replace("%s", str(int(size))))
+        conn.execute("VACUUM ANALYZE floor_rows")
+        timings: list[float] = []
+        for _ in range(runs):
+            picked = conn.execute(
+                "SELECT array_agg(id)"
+                " FROM (SELECT id FROM floor_rows ORDER BY random() LIMIT %s) p",
+                (changed,),
+            ).fetchone()
+            ids = picked[0] if picked else []
+            started = time.perf_counter()
+            with conn.transaction():
+                conn.execute(FLOOR_WRITE, (ids,))
+            timings.append(round((time.perf_counter() - started) * 1000, 2))
+            conn.execute("VACUUM floor_rows")
+        conn.execute("DROP TABLE floor_rows, floor_log")
+    return timings
+
+
 def run_size(size: int, runs: int) -> dict[str, Any]:
     with bench_database() as url:
         started = time.perf_counter()
@@ -106,6 +142,7 @@ def run_size(size: int, runs: int) -> dict[str, Any]:
             ).fetchone()
             shared_buffers = conn.execute("SHOW shared_buffers").fetchone()
         plan = asyncio.run(explain(url))
+        floor_ms = write_floor_ms(url, size, silent, runs)
     return {
         "registry_rows": size,
         "shared_buffers": shared_buffers[0] if shared_buffers else None,
@@ -116,6 +153,8 @@ def run_size(size: int, runs: int) -> dict[str, Any]:
         "idle_sweep_ms_runs": idle_ms,
         "median_idle_sweep_ms": median(idle_ms),
         "silence_events_written": events[0] if events else 0,
+        "floor_ms_runs": floor_ms,
+        "median_floor_ms": median(floor_ms),
         "registry_size": size_row[0] if size_row else None,
         "idle_plan": plan,
     }
