@@ -66,11 +66,15 @@ class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     pool_min_size: PositiveInt = 1
     pool_max_size: PositiveInt = 10
     connect_timeout_s: Positive = 5.0
+    # The server cancels any statement past this, so a batch stuck behind a lock or on an
+    # overloaded server fails, is retried with backoff and is never acked meanwhile.
+    statement_timeout_s: Positive = 30.0
 
     def __repr__(self) -> str:
         return (
             f"DatabaseSettings(url={mask_url(self.url)!r}, pool_min_size={self.pool_min_size}, "
-            f"pool_max_size={self.pool_max_size}, connect_timeout_s={self.connect_timeout_s})"
+            f"pool_max_size={self.pool_max_size}, connect_timeout_s={self.connect_timeout_s}, "
+            f"statement_timeout_s={self.statement_timeout_s})"
         )
 
 

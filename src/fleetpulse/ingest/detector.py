@@ -118,9 +118,14 @@ class SilenceDetector:
 
     async def tick(self) -> int:
         """One check: become leader if the lock is free; as leader, sweep. Returns transitions."""
-        url = self.settings.database.url
+        database = self.settings.database
+        url = database.url
         if self._conn is None or self._conn.closed:
-            self._conn = await connect(url, timeout_s=self.settings.database.connect_timeout_s)
+            self._conn = await connect(
+                url,
+                timeout_s=database.connect_timeout_s,
+                statement_timeout_s=database.statement_timeout_s,
+            )
             with map_db_errors(url):
                 self._edition = await detect_edition(self._conn)
         conn = self._conn

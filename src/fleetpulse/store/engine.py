@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import psycopg
 import psycopg.errors
@@ -57,13 +57,27 @@ def map_db_errors(url: str) -> Iterator[None]:
         raise StoreError(str(exc).strip()) from exc
 
 
+def session_options(statement_timeout_s: float | None) -> dict[str, Any]:
+    """libpq ``options`` that set the server-side statement timeout of every session."""
+    if statement_timeout_s is None:
+        return {}
+    return {"options": f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"}
+
+
 async def connect(
-    url: str, *, autocommit: bool = True, timeout_s: float = 5.0
+    url: str,
+    *,
+    autocommit: bool = True,
+    timeout_s: float = 5.0,
+    statement_timeout_s: float | None = None,
 ) -> psycopg.AsyncConnection[TupleRow]:
     """One connection, with failures as a single clear :class:`ServiceUnavailable`."""
     with map_db_errors(url):
         return await psycopg.AsyncConnection.connect(
-            url, autocommit=autocommit, connect_timeout=max(1, round(timeout_s))
+            url,
+            autocommit=autocommit,
+            connect_timeout=max(1, round(timeout_s)),
+            **session_options(statement_timeout_s),
         )
 
 
@@ -96,7 +110,11 @@ class Database:
 
     async def open(self) -> None:
         # Probe once so a missing server is one clear line, not a pool retrying forever.
-        probe = await connect(self.url, timeout_s=self.settings.connect_timeout_s)
+        probe = await connect(
+            self.url,
+            timeout_s=self.settings.connect_timeout_s,
+            statement_timeout_s=self.settings.statement_timeout_s,
+        )
         async with probe:
             with map_db_errors(self.url):
                 self.edition = await detect_edition(probe)
@@ -104,7 +122,7 @@ class Database:
             self.url,
             min_size=self.settings.pool_min_size,
             max_size=max(self.settings.pool_min_size, self.settings.pool_max_size),
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **session_options(self.settings.statement_timeout_s)},
             open=False,
             timeout=self.settings.connect_timeout_s,
         )

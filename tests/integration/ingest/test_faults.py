@@ -400,3 +400,30 @@ async def test_rejects_when_the_dead_letter_exchange_is_gone(
         assert ingest.metrics.messages.labels("invalid")._value.get() == 2
     assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 1
     assert await queue_messages(amqp_url, INGEST_QUEUE) == 0  # rejected, not requeued
+
+
+async def test_batch_stuck_behind_a_lock_times_out_and_is_retried(
+    db_url: str, amqp_url: str
+) -> None:
+    """A database that holds a batch without failing it: the statement timeout turns the
+    wait into a retry, nothing is acked meanwhile, and the batch commits once after."""
+    agent = uuid.uuid4()
+    settings = settings_for(db_url, amqp_url, prefetch=5, batch_max_messages=5)
+    settings = msgspec.structs.replace(
+        settings, database=msgspec.structs.replace(settings.database, statement_timeout_s=0.2)
+    )
+    async with running_ingest(settings) as (ingest, rec, _d):
+        await publish(amqp_url, [heartbeat(agent, 1)])
+        await wait_until(lambda: rec.heartbeats == 1)
+        holder = await psycopg.AsyncConnection.connect(db_url)
+        async with holder, holder.transaction():
+            await holder.execute("LOCK TABLE agent_samples IN ACCESS EXCLUSIVE MODE")
+            await publish(amqp_url, [heartbeat(agent, s) for s in range(2, 7)])
+            retries = ingest.metrics.db_retries
+            await wait_until(lambda: retries._value.get() >= 2, what="timed-out retries")
+            assert rec.heartbeats == 1
+            assert ingest.state == "running"
+        await wait_until(lambda: rec.heartbeats == 6, what="commit after the lock")
+    assert query(db_url, "SELECT count(*), count(DISTINCT seq) FROM agent_samples") == [(6, 6)]
+    assert scalar(db_url, "SELECT last_seq FROM agent_registry") == 6
+    assert await queue_messages(amqp_url, INGEST_QUEUE) == 0
