@@ -10,6 +10,7 @@ fail with that line under ``CI=true``.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,13 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_AMQP_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
 TABLES = ("agent_status_events", "agent_registry", "agent_samples", "gpu_samples")
 RUN_ID = uuid.uuid4().hex[:8]
+
+# Every test process, and every process a test starts (ingest, API, agents, kernels), imports
+# the same few thousand modules. With PYTHONDONTWRITEBYTECODE set (common in containers) each
+# of them compiled every module from source again: a third of the suite's CPU time. Caches go
+# to __pycache__ folders, which git ignores.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
