@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow(15)]
 
 
 def free_port() -> int:
