@@ -22,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from fleetpulse import store
+from tests.fixtures.ingest import close_connections
 
 DEFAULT_DB_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -104,6 +105,7 @@ def database_url(db_admin_url: str, worker_id: str) -> Iterator[str]:
     except Exception as exc:
         _unavailable(f"could not migrate {url}: {exc}".splitlines()[0])
     yield url
+    close_connections()
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

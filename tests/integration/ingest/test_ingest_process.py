@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,16 @@ def _ingest_process(db_url: str, amqp_url: str, port: int, log: Any) -> subproce
     )
 
 
-async def _metric(port: int, name: str) -> float | None:
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """One client for all metric polls (a client per poll builds an SSL context each time)."""
+    async with httpx.AsyncClient(timeout=2) as client:
+        yield client
+
+
+async def _metric(http: httpx.AsyncClient, port: int, name: str) -> float | None:
     try:
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     except httpx.HTTPError:
         return None
     for line in text.splitlines():
@@ -74,7 +81,7 @@ async def _metric(port: int, name: str) -> float | None:
 
 
 async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
-    db_url: str, amqp_url: str, tmp_path: Path
+    db_url: str, amqp_url: str, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
     port = _free_port()
     log = tmp_path / "ingest.log"
@@ -82,7 +89,7 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
         proc = _ingest_process(db_url, amqp_url, port, sink)
     try:
         await wait_until(
-            lambda: _metric(port, "fleetpulse_detector_leader"), timeout_s=20, what="metrics"
+            lambda: _metric(http, port, "fleetpulse_detector_leader"), timeout_s=20, what="metrics"
         )
         await wait_for_queue(amqp_url, INGEST_QUEUE)
         agent = uuid.uuid4()
@@ -90,9 +97,9 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
         await wait_until(
             lambda: scalar(db_url, "SELECT count(*) FROM agent_samples") == 3, timeout_s=10
         )
-        stored = await _metric(port, 'fleetpulse_ingest_messages_total{result="stored"}')
+        stored = await _metric(http, port, 'fleetpulse_ingest_messages_total{result="stored"}')
         assert stored == 3
-        assert await _metric(port, "fleetpulse_detector_leader") == 1
+        assert await _metric(http, port, "fleetpulse_detector_leader") == 1
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 15)
         output = log.read_text()
@@ -105,7 +112,7 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
 
 
 async def test_detector_failover_when_leader_process_dies(
-    db_url: str, amqp_url: str, clock: FakeClock
+    db_url: str, amqp_url: str, clock: FakeClock, http: httpx.AsyncClient
 ) -> None:
     """A real ingest process holds the lock; SIGKILL it and the survivor takes over."""
     port = _free_port()
@@ -114,9 +121,9 @@ async def test_detector_failover_when_leader_process_dies(
     metrics = IngestMetrics()
     try:
         await wait_until(
-            lambda: _metric(port, "fleetpulse_detector_leader"), timeout_s=20, what="leader"
+            lambda: _metric(http, port, "fleetpulse_detector_leader"), timeout_s=20, what="leader"
         )
-        assert await _metric(port, "fleetpulse_detector_leader") == 1
+        assert await _metric(http, port, "fleetpulse_detector_leader") == 1
         async with SilenceDetector(
             settings, metrics=metrics, clock=clock, sleep=instant_sleep
         ) as survivor:
