@@ -10,6 +10,7 @@ fail with that line under ``CI=true``.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from fleetpulse import store
+from tests.fixtures.ingest import close_connections
 
 DEFAULT_DB_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -28,11 +30,26 @@ DEFAULT_AMQP_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
 TABLES = ("agent_status_events", "agent_registry", "agent_samples", "gpu_samples")
 RUN_ID = uuid.uuid4().hex[:8]
 
+# Every test process, and every process a test starts (ingest, API, agents, kernels), imports
+# the same few thousand modules. With PYTHONDONTWRITEBYTECODE set (common in containers) each
+# of them compiled every module from source again: a third of the suite's CPU time. Caches go
+# to __pycache__ folders, which git ignores.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
+    # Longest files first (xdist keeps this order with --no-loadscope-reorder), so that no
+    # worker picks up a process-starting end-to-end test when the others are done.
+    items.sort(key=_expected_seconds, reverse=True)
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("slow")
+    return float(marker.args[0]) if marker else 0.0
 
 
 def _unavailable(line: str) -> None:
@@ -88,6 +105,7 @@ def database_url(db_admin_url: str, worker_id: str) -> Iterator[str]:
     except Exception as exc:
         _unavailable(f"could not migrate {url}: {exc}".splitlines()[0])
     yield url
+    close_connections()
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

@@ -38,10 +38,13 @@ def _placeholders() -> list[str]:
     ]
 
 
-pytestmark = pytest.mark.skipif(
-    bool(_placeholders()),
-    reason=f"{', '.join(_placeholders())} not built yet: no exporters to scrape",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        bool(_placeholders()),
+        reason=f"{', '.join(_placeholders())} not built yet: no exporters to scrape",
+    ),
+    pytest.mark.slow(12),
+]
 
 
 def free_port() -> int:

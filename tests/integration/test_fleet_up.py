@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow(15)]
 
 
 def free_port() -> int:
@@ -116,16 +116,20 @@ def up(up_env: dict[str, str]) -> Iterator[Up]:
     running.close()
 
 
+@pytest.fixture
+def api(up_env: dict[str, str]) -> Iterator[httpx.Client]:
+    """One client for every request (httpx.get would build an SSL context per poll)."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{up_env['FLEETPULSE_API_PORT']}") as client:
+        yield client
+
+
 def test_up_runs_the_fleet_detects_silence_and_stops_cleanly(
-    up: Up, up_env: dict[str, str]
+    up: Up, up_env: dict[str, str], api: httpx.Client
 ) -> None:
-    api = f"http://127.0.0.1:{up_env['FLEETPULSE_API_PORT']}"
     wait_for(lambda: "fleetpulse is up" in up.output(), 60, "fleetpulse is up")
 
     def online() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = httpx.get(f"{api}/api/v1/agents?status=online").json()[
-            "items"
-        ]
+        items: list[dict[str, Any]] = api.get("/api/v1/agents?status=online").json()["items"]
         return items if len(items) == 4 else []
 
     agents = wait_for(online, 30, "4 agents online")
@@ -135,9 +139,7 @@ def test_up_runs_the_fleet_detects_silence_and_stops_cleanly(
     # Capacity answers come from the API's in-process index, which trails the registry by
     # up to capacity_refresh_interval_s (0.2 s here).
     def full_capacity() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = httpx.get(f"{api}/api/v1/agents/available-capacity").json()[
-            "items"
-        ]
+        rows: list[dict[str, Any]] = api.get("/api/v1/agents/available-capacity").json()["items"]
         return rows if len(rows) == 4 else []
 
     capacity = wait_for(full_capacity, 10, "4 agents in available capacity")
@@ -146,7 +148,7 @@ def test_up_runs_the_fleet_detects_silence_and_stops_cleanly(
     assert vram == sorted(vram, reverse=True)
 
     status = subprocess.run(
-        [sys.executable, "-m", "fleetpulse", "status", "--api-url", api],
+        [sys.executable, "-m", "fleetpulse", "status", "--api-url", str(api.base_url)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -162,16 +164,16 @@ def test_up_runs_the_fleet_detects_silence_and_stops_cleanly(
     os.killpg(up.pid_of("agent"), signal.SIGKILL)
 
     def offline() -> bool:
-        row = httpx.get(f"{api}/api/v1/agents/{real_agent['agent_id']}").json()
+        row = api.get(f"/api/v1/agents/{real_agent['agent_id']}").json()
         return bool(row["status"] == "offline")
 
     wait_for(offline, 20, "the killed agent marked offline")
-    events = httpx.get(f"{api}/api/v1/events", params={"agent_id": real_agent["agent_id"]}).json()
+    events = api.get("/api/v1/events", params={"agent_id": real_agent["agent_id"]}).json()
     reasons = [e["reason"] for e in events["items"]]
     assert reasons[:1] == ["first_heartbeat"]
     assert "silence" in reasons
     wait_for(
-        lambda: len(httpx.get(f"{api}/api/v1/agents/available-capacity").json()["items"]) == 3,
+        lambda: len(api.get("/api/v1/agents/available-capacity").json()["items"]) == 3,
         10,
         "capacity without the dead agent",
     )
@@ -179,6 +181,7 @@ def test_up_runs_the_fleet_detects_silence_and_stops_cleanly(
     wait_for(lambda: "agents 3 online, 1 offline" in up.output(), 10, "the live summary line")
 
     # Ctrl-C: agents first (their goodbyes are still ingested), then the API, then ingest.
+    api.close()  # no connection of ours kept open into the API's shutdown
     up.process.send_signal(signal.SIGINT)
     assert up.process.wait(60) == 0, up.output()
     assert re.search(r"stopped: simulate \(0\), agent \(-9\), api \(0\), ingest \(0\)", up.output())

@@ -16,6 +16,8 @@ FIGURES = {
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+pytestmark = pytest.mark.slow(12)
+
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("name", NOTEBOOKS)

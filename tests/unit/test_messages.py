@@ -27,6 +27,8 @@ from fleetpulse.messages import (
     routing_key,
 )
 
+pytestmark = pytest.mark.slow(5)
+
 AGENT = uuid.UUID("3f0c1a7e-8d4b-4c2a-9f1e-2b3c4d5e6f70")
 T0 = datetime(2026, 11, 24, 4, 0, 0, 123456, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ from fleetpulse.agent import FakeClock, Simulator
 from fleetpulse.messages import Goodbye
 from tests.fixtures.agent import Inbox, agent_settings, eventually
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = [pytest.mark.timeout(40), pytest.mark.slow(6)]
 
 
 async def _spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -18,7 +18,7 @@ from fleetpulse.agent.fake_nvml import scenario_env
 from tests.fixtures.agent import Inbox, agent_settings, eventually, running, via_port
 from tests.fixtures.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = [pytest.mark.timeout(40), pytest.mark.slow(5)]
 
 DEVICE = {
     "name": "NVIDIA GeForce RTX 4090",

@@ -32,6 +32,8 @@ from tests.fixtures.ingest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow(8)
+
 
 async def test_duplicates_stored_once(db_url: str, amqp_url: str) -> None:
     agent = uuid.uuid4()

@@ -25,6 +25,8 @@ from tests.fixtures.ingest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow(5)
+
 
 async def test_orchestrator_auto_registers_new_agent_on_heartbeat(
     db_url: str, amqp_url: str, clock: FakeClock
