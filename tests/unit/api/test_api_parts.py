@@ -190,3 +190,13 @@ def test_capacity_answer_bytes_are_pinned() -> None:
     empty = cache.capacity_list([], as_of=NOW, now=NOW.timestamp())
     assert empty == b'{"items":[],"count":0,"as_of":"2026-11-24T04:00:00Z"}'
 
+
+def test_per_agent_series_follow_agent_id_order() -> None:
+    rows = [record(f"host{n}") for n in range(20)]
+    text, _ = render_fleet(rows, now=NOW.timestamp(), per_agent_limit=20)
+    ids = [
+        line.split('agent_id="')[1].split('"')[0]
+        for line in text.decode().splitlines()
+        if line.startswith("fleetpulse_agent_up{")
+    ]
+    assert ids == [str(r.agent_id) for r in sorted(rows, key=lambda r: r.agent_id)]
