@@ -53,6 +53,7 @@ GATHER_MIN: Final = 16  # candidates checked per GPU at a time, at least
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
+MAX_KINDS_KEPT: Final = 16  # GPU types whose per-position free VRAM is kept between queries
 _NO_CODE: Final = -1
 _MIXED: Final = -2
 _BYTES_OF_ID: Final = 64
@@ -71,10 +72,20 @@ _COLUMNS: Final = (
     "_gpu_free",
     "_gpu_type",
 )
-# GPUs by position as a bit set (bit i: the GPU at position i) -> their indexes, and how many.
-_BIT_INDEXES: Final = tuple(
-    tuple(i for i in range(TOP_GPUS) if bits >> i & 1) for bits in range(1 << TOP_GPUS)
-)
+
+
+def _gpu_sets() -> dict[int, tuple[int, ...]]:
+    """A row of per-position matches (TOP_GPUS = 8 bools read as one uint64) -> positions."""
+    rows = np.array(
+        [[bits >> i & 1 for i in range(TOP_GPUS)] for bits in range(1 << TOP_GPUS)], dtype=bool
+    )
+    keys: list[int] = rows.view(np.uint64).ravel().tolist()
+    return {
+        key: tuple(i for i in range(TOP_GPUS) if bits >> i & 1) for bits, key in enumerate(keys)
+    }
+
+
+_GPU_SETS: Final = _gpu_sets()
 
 
 class CapacityFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,9 +146,18 @@ class _Ordered:
         self.free = np.ascontiguousarray(index._free[slots].T)  # row k: the k-th best GPU
         self.sampled = index._sampled[slots]
         self.rel = index._rel[slots]
+        self._kinds: dict[int, npt.NDArray[np.bool_]] = {}
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def of_kind(self, kind: int) -> npt.NDArray[np.bool_]:
+        """Agents with usable GPUs of this type only, or of several types (checked per GPU
+        later); kept per type until the next change. Read-only."""
+        found = self._kinds.get(kind)
+        if found is None:
+            found = self._kinds[kind] = (self.type == kind) | (self.type == _MIXED)
+        return found
 
 
 class RegistryIndex:
@@ -181,6 +201,17 @@ class RegistryIndex:
         # An unusable or absent GPU has -inf free, so it never matches.
         self._gpu_free = np.full((size, TOP_GPUS), -np.inf, dtype=np.float64)
         self._gpu_type = np.full((size, TOP_GPUS), _NO_CODE, dtype=np.int32)
+        self._gpu_free_of_kind: dict[int, npt.NDArray[np.float64]] = {}  # per type asked for
+
+    def _free_of_kind(self, kind: int) -> npt.NDArray[np.float64]:
+        """``_gpu_free`` where the GPU is of this type, else -inf (kept current by apply)."""
+        free = self._gpu_free_of_kind.get(kind)
+        if free is None:
+            if len(self._gpu_free_of_kind) >= MAX_KINDS_KEPT:
+                self._gpu_free_of_kind.clear()
+            free = np.where(self._gpu_type == kind, self._gpu_free, -np.inf)
+            self._gpu_free_of_kind[kind] = free
+        return free
 
     def _grow(self, needed: int) -> None:
         size = len(self._online)
@@ -282,6 +313,8 @@ class RegistryIndex:
         self._type[slots] = types
         self._gpu_free[slots] = gpu_free
         self._gpu_type[slots] = gpu_type
+        for kind, free_of_kind in self._gpu_free_of_kind.items():
+            free_of_kind[slots] = np.where(gpu_type == kind, gpu_free, -np.inf)
         self._order_stale = True
         self.version += 1
         return len(changed)
@@ -365,7 +398,7 @@ class RegistryIndex:
         if cols is None:  # the pool has no online agent
             return []
         hi = len(cols)
-        if need > 0:
+        if need > 0 and query.min_gpu_vram_gb > 0:
             # sorted by VRAM descending: agents past this point cannot have it on any GPU
             hi = int(cols.negkey.searchsorted(-query.min_gpu_vram_gb, side="right"))
         clock = time.time() if now is None else now
@@ -375,11 +408,11 @@ class RegistryIndex:
         # one that matches little still costs only a few vectorised passes over the prefix.
         # Hits wait until there are enough for what is still wanted, then are checked per GPU
         # together (the mask is exact but for mixed GPU types and irregular slots).
-        lo, block = 0, max(FIRST_BLOCK, 2 * limit)
+        lo, block = 0, 2 * limit if limit > FIRST_BLOCK // 2 else FIRST_BLOCK
         pending: list[npt.NDArray[np.intp]] = []
         held = seen = 0
         while lo < hi:
-            up = min(hi, lo + block)
+            up = lo + block if lo + block < hi else hi
             mask = self._mask(cols, query, need, kind, clock, lo, up)
             hits = cols.slots[lo:up] if mask is None else cols.slots[lo:up][mask]
             lo = up
@@ -390,15 +423,18 @@ class RegistryIndex:
             if pending and (held >= limit - len(found) or lo >= hi):
                 candidates = pending[0] if len(pending) == 1 else np.concatenate(pending)
                 pending, held = [], 0
-                start = 0
-                while start < len(candidates):
-                    step = max(GATHER_MIN, 2 * (limit - len(found)))
-                    if self._collect(candidates[start : start + step], query, need, kind, found):
+                start, end = 0, len(candidates)
+                while start < end:
+                    step = 2 * (limit - len(found))
+                    step = step if step > GATHER_MIN else GATHER_MIN
+                    whole = start == 0 and step >= end
+                    chunk = candidates if whole else candidates[start : start + step]
+                    if self._collect(chunk, query, need, kind, found):
                         return found
                     start += step
             # Enough for what is still wanted at the rate seen so far, with a margin.
             wanted = limit - len(found) - held
-            block = max(block * BLOCK_GROWTH, wanted * lo * 3 // (2 * max(seen, 1)))
+            block = max(block * BLOCK_GROWTH, wanted * lo * 3 // (2 * seen or 2))
         return found
 
     def _mask(
@@ -418,20 +454,21 @@ class RegistryIndex:
         if query.min_mem_gb > 0:
             conditions.append(cols.mem[lo:up] >= query.min_mem_gb)
         if query.gpu_type is not None:
-            kinds = cols.type[lo:up]
-            conditions.append((kinds == kind) | (kinds == _MIXED))
-        if need > 0:
-            conditions.append(cols.free[min(need, TOP_GPUS) - 1, lo:up] >= query.min_gpu_vram_gb)
+            conditions.append(cols.of_kind(kind)[lo:up])
+        # One GPU of a type, any free VRAM: the type condition already says so.
+        vram = query.min_gpu_vram_gb
+        if need > 0 and not (need == 1 and query.gpu_type is not None and vram <= 0):
+            conditions.append(cols.free[min(need, TOP_GPUS) - 1, lo:up] >= vram)
             if need > TOP_GPUS:
                 conditions.append(cols.usable[lo:up] >= need)
         if query.max_sample_age_s is not None:
             conditions.append(cols.sampled[lo:up] >= clock - query.max_sample_age_s)
         if query.min_reliability is not None:
             conditions.append(cols.rel[lo:up] >= query.min_reliability)
-        if not conditions:
-            return None
-        mask = conditions[0]
-        for condition in conditions[1:]:
+        if len(conditions) <= 1:
+            return conditions[0] if conditions else None
+        mask = conditions[0] & conditions[1]  # a new array: the cached type masks stay intact
+        for condition in conditions[2:]:
             mask &= condition
         return mask
 
@@ -444,21 +481,20 @@ class RegistryIndex:
         found: list[CapacityMatch],
     ) -> bool:
         """Check candidates GPU by GPU, in order, into ``found``; True once it holds ``limit``."""
-        ok = self._gpu_free[slots] >= query.min_gpu_vram_gb
-        if query.gpu_type is not None:
-            ok &= self._gpu_type[slots] == kind
-        bits = np.packbits(ok, axis=1, bitorder="little").ravel().tolist()  # TOP_GPUS == 8
+        free = self._gpu_free if query.gpu_type is None else self._free_of_kind(kind)
+        ok = free[slots] >= query.min_gpu_vram_gb
+        rows: list[int] = ok.view(np.uint64).ravel().tolist()  # a row of 8 bools as one int
         records, rel_of, irregular, limit = (
             self._records,
             self._rel_of,
             self._irregular,
             query.limit,
         )
-        for slot, gpu_bits in zip(slots.tolist(), bits, strict=True):
+        for slot, row in zip(slots.tolist(), rows, strict=True):
             record = records[slot]
             if record is None:  # pragma: no cover - a removed slot is never online
                 continue
-            gpus = matching_gpus(record, query) if slot in irregular else _BIT_INDEXES[gpu_bits]
+            gpus = matching_gpus(record, query) if slot in irregular else _GPU_SETS[row]
             if len(gpus) < need:
                 continue  # mixed GPU types, or GPUs the column of the k-th best cannot tell
             found.append(CapacityMatch(record, gpus, rel_of[slot]))
