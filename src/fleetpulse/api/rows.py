@@ -86,7 +86,7 @@ class RowCache:
         for match in matches:
             record = match.record
             entry = rows.get(id(record))
-            if entry is None or entry[0] is not record or entry[1] != match.reliability_30d:
+            if entry is None or entry[1] != match.reliability_30d:  # (held: still this record)
                 entry = self._entry(match)
             at = entry[3]
             gpus = gpu_lists.get(match.matching_gpus) or self._gpus(match.matching_gpus)

@@ -187,6 +187,9 @@ def test_capacity_answer_bytes_are_pinned() -> None:
         body = cache.capacity_list(matches, as_of=as_of, now=NOW.timestamp() + 2.5)
         assert body.startswith(GOLDEN_ROW)
         assert body.endswith(b'"count":2,"as_of":%b}' % msgspec.json.encode(as_of))
+    sampled_only = cache.capacity_list(matches[:1], as_of=NOW, now=NOW.timestamp() + 2.5)
+    first_row = GOLDEN_ROW[: GOLDEN_ROW.index(b',{"sample_age_s":null')]
+    assert sampled_only == first_row + b'],"count":1,"as_of":"2026-11-24T04:00:00Z"}'
     empty = cache.capacity_list([], as_of=NOW, now=NOW.timestamp())
     assert empty == b'{"items":[],"count":0,"as_of":"2026-11-24T04:00:00Z"}'
 
