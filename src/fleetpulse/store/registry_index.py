@@ -53,7 +53,6 @@ GATHER_MIN: Final = 16  # candidates checked per GPU at a time, at least
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
-MAX_KINDS_KEPT: Final = 16  # GPU types whose per-position free VRAM is kept between queries
 _NO_CODE: Final = -1
 _MIXED: Final = -2
 _BYTES_OF_ID: Final = 64
@@ -201,17 +200,6 @@ class RegistryIndex:
         # An unusable or absent GPU has -inf free, so it never matches.
         self._gpu_free = np.full((size, TOP_GPUS), -np.inf, dtype=np.float64)
         self._gpu_type = np.full((size, TOP_GPUS), _NO_CODE, dtype=np.int32)
-        self._gpu_free_of_kind: dict[int, npt.NDArray[np.float64]] = {}  # per type asked for
-
-    def _free_of_kind(self, kind: int) -> npt.NDArray[np.float64]:
-        """``_gpu_free`` where the GPU is of this type, else -inf (kept current by apply)."""
-        free = self._gpu_free_of_kind.get(kind)
-        if free is None:
-            if len(self._gpu_free_of_kind) >= MAX_KINDS_KEPT:
-                self._gpu_free_of_kind.clear()
-            free = np.where(self._gpu_type == kind, self._gpu_free, -np.inf)
-            self._gpu_free_of_kind[kind] = free
-        return free
 
     def _grow(self, needed: int) -> None:
         size = len(self._online)
@@ -313,8 +301,6 @@ class RegistryIndex:
         self._type[slots] = types
         self._gpu_free[slots] = gpu_free
         self._gpu_type[slots] = gpu_type
-        for kind, free_of_kind in self._gpu_free_of_kind.items():
-            free_of_kind[slots] = np.where(gpu_type == kind, gpu_free, -np.inf)
         self._order_stale = True
         self.version += 1
         return len(changed)
@@ -481,8 +467,9 @@ class RegistryIndex:
         found: list[CapacityMatch],
     ) -> bool:
         """Check candidates GPU by GPU, in order, into ``found``; True once it holds ``limit``."""
-        free = self._gpu_free if query.gpu_type is None else self._free_of_kind(kind)
-        ok = free[slots] >= query.min_gpu_vram_gb
+        ok = self._gpu_free[slots] >= query.min_gpu_vram_gb
+        if query.gpu_type is not None:
+            ok &= self._gpu_type[slots] == kind
         rows: list[int] = ok.view(np.uint64).ravel().tolist()  # a row of 8 bools as one int
         records, rel_of, irregular, limit = (
             self._records,
