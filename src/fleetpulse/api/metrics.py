@@ -62,7 +62,7 @@ def render_fleet(
     gpus: dict[tuple[str, str], int] = defaultdict(int)
     cores: dict[str, int] = defaultdict(int)
     mem: dict[str, float] = defaultdict(float)
-    rows = sorted(records, key=lambda r: r.agent_id)
+    rows = sorted(records, key=lambda r: r.agent_id.int)  # UUID order, without UUID.__lt__
     for r in rows:
         agents[(r.pool_name, r.status)] += 1
         if r.status != "online":

@@ -1,14 +1,14 @@
 """Capacity answers assembled from per-agent JSON encoded once per registry write.
 
 A capacity answer is mostly the same agents over and over; re-encoding each row per request
-would cost more than the query. Each agent's row is encoded once per (``updated_at``,
-reliability) and spliced with the two per-request fields (``sample_age_s``,
-``matching_gpus``). The result is byte-for-byte a :class:`~fleetpulse.api.schemas.CapacityList`.
+would cost more than the query. Each agent's row is encoded once per (record, reliability)
+and spliced with the two per-request fields (``sample_age_s``, ``matching_gpus``); the
+answer is joined from those pieces in one copy. The result is byte-for-byte a
+:class:`~fleetpulse.api.schemas.CapacityList`.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Final
 
@@ -20,46 +20,50 @@ from fleetpulse.store import AgentRecord, CapacityMatch
 __all__ = ["RowCache"]
 
 _encoder: Final = msgspec.json.Encoder()
+_FIRST: Final = b'{"sample_age_s":'
+_NEXT: Final = b',{"sample_age_s":'
+_GPUS: Final = b',"matching_gpus":'
+_NULL: Final = b"null"
 
 
 class RowCache:
-    """Encoded agent rows (without the per-request fields), bounded in entries."""
+    """Encoded agent rows (without the per-request fields), bounded in entries.
+
+    Keyed by the identity of the record: records are frozen and the index swaps in a new
+    object on every write, so a record still held here is unchanged (and, being held, its
+    ``id`` cannot be reused by another object)."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
-        # agent_id -> (the record encoded, its reliability, the row's tail, its sample time)
-        self._rows: dict[uuid.UUID, tuple[AgentRecord, float | None, bytes, float | None]] = {}
+        # id(record) -> (the record, its reliability, the row's tail, its sample time)
+        self._rows: dict[int, tuple[AgentRecord, float | None, bytes, float | None]] = {}
         self._gpu_lists: dict[tuple[int, ...], bytes] = {}
+        self._as_of: tuple[datetime | None, bytes] = (None, b"")
 
-    def _entry(self, match: CapacityMatch) -> tuple[bytes, float | None]:
-        """The row's encoded tail and its sample time (epoch s, None if never sampled)."""
+    def _entry(self, match: CapacityMatch) -> tuple[AgentRecord, float | None, bytes, float | None]:
         record, reliability = match.record, match.reliability_30d
-        cached = self._rows.get(record.agent_id)
-        if cached is not None and cached[1] == reliability:
-            if cached[0] is record:  # records are frozen: the same object, the same row
-                return cached[2], cached[3]
-            if cached[0].updated_at == record.updated_at:
-                tail = cached[2]
-            else:
-                tail = self._encode(record, reliability)
-        else:
-            tail = self._encode(record, reliability)
         sampled = record.last_sampled_at
-        at = None if sampled is None else sampled.timestamp()
+        entry = (
+            record,
+            reliability,
+            self._encode(record, reliability),
+            None if sampled is None else sampled.timestamp(),
+        )
         if len(self._rows) >= self.max_entries:
             self._rows.clear()
-        self._rows[record.agent_id] = (record, reliability, tail, at)
-        return tail, at
+        self._rows[id(record)] = entry
+        return entry
 
     @staticmethod
     def _encode(record: AgentRecord, reliability: float | None) -> bytes:
+        """The row after ``matching_gpus``: from the comma before the next field to ``}``."""
         body = _encoder.encode(agent_of(record, reliability, now=0.0))
         # drop the leading '{' and the per-request field, which encodes first as a placeholder
         marker = b'"sample_age_s":'
         start = body.index(marker)
         end = body.index(b",", start)
         tail = body[:start] + body[end + 1 :]
-        return tail[1:]
+        return b"," + tail[1:]
 
     def _gpus(self, indexes: tuple[int, ...]) -> bytes:
         encoded = self._gpu_lists.get(indexes)
@@ -69,17 +73,33 @@ class RowCache:
                 self._gpu_lists[indexes] = encoded
         return encoded
 
+    def _encoded_as_of(self, as_of: datetime) -> bytes:
+        cached, encoded = self._as_of
+        if cached is not as_of:
+            encoded = _encoder.encode(as_of)
+            self._as_of = (as_of, encoded)
+        return encoded
+
     def capacity_list(self, matches: list[CapacityMatch], *, as_of: datetime, now: float) -> bytes:
-        parts: list[bytes] = []
-        append, entry, gpus = parts.append, self._entry, self._gpus
+        parts = [b'{"items":[']
+        extend, rows, gpu_lists = parts.extend, self._rows, self._gpu_lists
         for match in matches:
-            tail, at = entry(match)
-            age = b"null" if at is None else b"%.3f" % max(0.0, now - at)
-            append(
-                b'{"sample_age_s":%b,"matching_gpus":%b,%b' % (age, gpus(match.matching_gpus), tail)
+            record = match.record
+            entry = rows.get(id(record))
+            if entry is None or entry[1] != match.reliability_30d:  # (held: still this record)
+                entry = self._entry(match)
+            at = entry[3]
+            gpus = gpu_lists.get(match.matching_gpus) or self._gpus(match.matching_gpus)
+            extend(
+                (
+                    _NEXT,
+                    _NULL if at is None else b"%.3f" % (now - at if now > at else 0.0),
+                    _GPUS,
+                    gpus,
+                    entry[2],
+                )
             )
-        return b'{"items":[%b],"count":%d,"as_of":%b}' % (
-            b",".join(parts),
-            len(parts),
-            _encoder.encode(as_of),
-        )
+        if matches:
+            parts[1] = _FIRST
+        parts.append(b'],"count":%d,"as_of":%b}' % (len(matches), self._encoded_as_of(as_of)))
+        return b"".join(parts)

@@ -2,9 +2,12 @@
 
 Why: at 100k agents a selective or empty capacity filter makes PostgreSQL scan the registry
 (20–35 ms; 160–200 ms at 1M) and per-request SQL caps the API far below its framework ceiling.
-The index keeps one column per filterable quantity (numpy, one slot per agent) plus the sort
-order (free VRAM desc, available cores desc, agent_id); a query is a few vectorised compares
-over all slots, a gather in sort order, and an exact per-GPU check of only the rows returned.
+The index keeps one column per filterable quantity (numpy, one slot per agent) and, per
+change, the online agents laid out in the sort order (free VRAM desc, available cores desc,
+agent_id), all of them and each pool apart. A query compares a prefix of those columns in
+blocks that start small (a common query needs one block of ~64) and grow with how rarely
+rows match, then checks its candidates GPU by GPU in one vectorised step; Python touches only
+the rows returned.
 
 :class:`RegistryIndex` is pure (no I/O). :class:`RegistryFollower` keeps one fresh from the
 database: a full load at start, then on every ``fleetpulse_registry`` notification (and at
@@ -44,8 +47,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FIRST_BLOCK: Final = 2048
-GATHER_MIN: Final = 64  # slots turned into Python ints at a time, at least
+FIRST_BLOCK: Final = 64  # sort positions compared at first; a common query needs no more
+BLOCK_GROWTH: Final = 8  # each further block this many times the last
+GATHER_MIN: Final = 16  # candidates checked per GPU at a time, at least
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
@@ -64,7 +68,23 @@ _COLUMNS: Final = (
     "_free",
     "_rel",
     "_idkey",
+    "_gpu_free",
+    "_gpu_type",
 )
+
+
+def _gpu_sets() -> dict[int, tuple[int, ...]]:
+    """A row of per-position matches (TOP_GPUS = 8 bools read as one uint64) -> positions."""
+    rows = np.array(
+        [[bits >> i & 1 for i in range(TOP_GPUS)] for bits in range(1 << TOP_GPUS)], dtype=bool
+    )
+    keys: list[int] = rows.view(np.uint64).ravel().tolist()
+    return {
+        key: tuple(i for i in range(TOP_GPUS) if bits >> i & 1) for bits, key in enumerate(keys)
+    }
+
+
+_GPU_SETS: Final = _gpu_sets()
 
 
 class CapacityFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +128,37 @@ def _id_key(agent_id: uuid.UUID) -> int:
     return agent_id.int >> _BYTES_OF_ID
 
 
+class _Ordered:
+    """The filter columns of some online agents, laid out in capacity order (contiguous, so
+    a query compares plain arrays and a VRAM bound cuts the scan to a prefix)."""
+
+    def __init__(
+        self, index: RegistryIndex, slots: npt.NDArray[np.intp], key: npt.NDArray[np.float64]
+    ) -> None:
+        self.slots = slots
+        self.negkey = -key[slots]
+        self.cores = index._cores[slots]
+        self.mem = index._mem[slots]
+        self.pool = index._pool[slots]
+        self.type = index._type[slots]
+        self.usable = index._usable[slots]
+        self.free = np.ascontiguousarray(index._free[slots].T)  # row k: the k-th best GPU
+        self.sampled = index._sampled[slots]
+        self.rel = index._rel[slots]
+        self._kinds: dict[int, npt.NDArray[np.bool_]] = {}
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def of_kind(self, kind: int) -> npt.NDArray[np.bool_]:
+        """Agents with usable GPUs of this type only, or of several types (checked per GPU
+        later); kept per type until the next change. Read-only."""
+        found = self._kinds.get(kind)
+        if found is None:
+            found = self._kinds[kind] = (self.type == kind) | (self.type == _MIXED)
+        return found
+
+
 class RegistryIndex:
     """Columns of the latest registry state, one slot per agent, plus the capacity order."""
 
@@ -120,10 +171,15 @@ class RegistryIndex:
     def _reset(self, slots: int) -> None:
         self._slots: dict[uuid.UUID, int] = {}
         self._records: list[AgentRecord | None] = []
+        self._rel_of: list[float | None] = []  # by slot, for the rows returned
+        # Slots whose GPUs the per-position columns cannot describe: more than TOP_GPUS,
+        # or indexes that are not their positions. Their GPUs are checked row by row.
+        self._irregular: set[int] = set()
         self._pool_codes: dict[str, int] = {}
         self._type_codes: dict[str, int] = {}
         self._allocate(slots)
-        self._order: npt.NDArray[np.intp] = np.empty(0, dtype=np.intp)
+        self._online_order = _Ordered(self, np.empty(0, dtype=np.intp), self._vram)
+        self._by_pool: dict[int, _Ordered] = {}
         self._order_stale = True
         self._best: tuple[int, float, int, float] = (0, 0.0, 0, -1.0)
         self._pairs: set[tuple[int, int]] = set()
@@ -140,6 +196,10 @@ class RegistryIndex:
         self._free = np.full((size, TOP_GPUS), -1.0, dtype=np.float64)
         self._rel = np.full(size, np.nan, dtype=np.float64)
         self._idkey = np.zeros(size, dtype=np.uint64)
+        # Each GPU by its position in the record, for the exact per-GPU check of candidates.
+        # An unusable or absent GPU has -inf free, so it never matches.
+        self._gpu_free = np.full((size, TOP_GPUS), -np.inf, dtype=np.float64)
+        self._gpu_type = np.full((size, TOP_GPUS), _NO_CODE, dtype=np.int32)
 
     def _grow(self, needed: int) -> None:
         size = len(self._online)
@@ -184,6 +244,7 @@ class RegistryIndex:
                 slot = len(self._records)
                 self._slots[record.agent_id] = slot
                 self._records.append(record)
+                self._rel_of.append(None)
             else:
                 old = self._records[slot]
                 if old is not None and old.updated_at >= record.updated_at:
@@ -204,23 +265,42 @@ class RegistryIndex:
         ]
         self._pool[slots] = [self._code(self._pool_codes, r.pool_name) for r in rows]
         self._idkey[slots] = [_id_key(r.agent_id) for r in rows]
-        self._rel[slots] = [self._reliability.get(r.agent_id, math.nan) for r in rows]
+        rel_of, reliability = self._rel_of, self._reliability
+        for slot, record in changed:
+            rel_of[slot] = reliability.get(record.agent_id)
+        self._rel[slots] = [math.nan if rel_of[s] is None else rel_of[s] for s, _ in changed]
         free = np.full((len(rows), TOP_GPUS), -1.0, dtype=np.float64)
         usable = np.zeros(len(rows), dtype=np.int32)
         types = np.full(len(rows), _NO_CODE, dtype=np.int32)
-        for i, r in enumerate(rows):
+        gpu_free = np.full((len(rows), TOP_GPUS), -np.inf, dtype=np.float64)
+        gpu_type = np.full((len(rows), TOP_GPUS), _NO_CODE, dtype=np.int32)
+        type_codes, irregular = self._type_codes, self._irregular
+        for i, (slot, r) in enumerate(changed):
             good = [g for g in r.gpus if not g.error]
             usable[i] = len(good)
             best = sorted((g.vram_free_gb for g in good), reverse=True)[:TOP_GPUS]
             free[i, : len(best)] = best
             names = {g.name for g in good}
+            for name in names:
+                self._code(type_codes, name)
             if len(names) == 1:
-                types[i] = self._code(self._type_codes, names.pop())
+                types[i] = type_codes[names.pop()]
             elif names:
                 types[i] = _MIXED
+            gpus = r.gpus
+            if len(gpus) > TOP_GPUS or any(g.index != k for k, g in enumerate(gpus)):
+                irregular.add(slot)
+                continue
+            irregular.discard(slot)
+            for k, g in enumerate(gpus):
+                if not g.error:
+                    gpu_free[i, k] = g.vram_free_gb
+                    gpu_type[i, k] = type_codes[g.name]
         self._free[slots] = free
         self._usable[slots] = usable
         self._type[slots] = types
+        self._gpu_free[slots] = gpu_free
+        self._gpu_type[slots] = gpu_type
         self._order_stale = True
         self.version += 1
         return len(changed)
@@ -234,47 +314,41 @@ class RegistryIndex:
     def set_reliability(self, scores: Mapping[uuid.UUID, float]) -> None:
         self._reliability = dict(scores)
         self._rel[:] = np.nan
+        self._rel_of = [None] * len(self._records)
         for agent_id, score in scores.items():
             slot = self._slots.get(agent_id)
             if slot is not None:
                 self._rel[slot] = score
+                self._rel_of[slot] = score
         if not self._order_stale:  # the order does not depend on reliability: no re-sort
-            self._s_rel = self._rel[self._order]
-            online = self._s_online
-            self._best = (*self._best[:3], float(np.nanmax(self._s_rel[online], initial=-1.0)))
+            for ordered in (self._online_order, *self._by_pool.values()):
+                ordered.rel = self._rel[ordered.slots]
+            best = float(np.nanmax(self._online_order.rel, initial=-1.0))
+            self._best = (*self._best[:3], best)
 
     def _ensure_order(self) -> None:
-        """Sort once per change, and lay every column out in that order, so a query
-        compares contiguous arrays and a VRAM bound cuts the scan to a prefix."""
+        """Sort once per change: the online agents in capacity order, all and by pool."""
         if not self._order_stale:
             return
         n = len(self._records)
         # Never below the best usable GPU, so "key >= v" is a superset of any VRAM match.
         key = np.maximum(self._vram[:n], self._free[:n, 0])
         order = np.lexsort((self._idkey[:n], -self._cores[:n], -key))  # last key is primary
-        self._order = order
-        self._s_negkey = -key[order]
-        self._s_online = self._online[order]
-        self._s_cores = self._cores[order]
-        self._s_mem = self._mem[order]
-        self._s_pool = self._pool[order]
-        self._s_type = self._type[order]
-        self._s_usable = self._usable[order]
-        self._s_free = self._free[order]
-        self._s_sampled = self._sampled[order]
-        self._s_rel = self._rel[order]
-        online = self._s_online
+        online = order[self._online[order]]
+        everyone = self._online_order = _Ordered(self, online, key)
+        pools = everyone.pool
+        self._by_pool = {
+            int(code): _Ordered(self, online[pools == code], key) for code in np.unique(pools)
+        }
         # What the best online agent offers in each dimension: an impossible ask is empty at once.
         self._best = (
-            int(self._s_cores[online].max(initial=0)),
-            float(self._s_mem[online].max(initial=0.0)),
-            int(self._s_usable[online].max(initial=0)),
-            float(np.nanmax(self._s_rel[online], initial=-1.0)),
+            int(everyone.cores.max(initial=0)),
+            float(everyone.mem.max(initial=0.0)),
+            int(everyone.usable.max(initial=0)),
+            float(np.nanmax(everyone.rel, initial=-1.0)),
         )
         # (pool, GPU type) pairs present online: "this type in that pool" is often empty.
-        self._pairs = set(
-            zip(self._s_pool[online].tolist(), self._s_type[online].tolist(), strict=True)
-        )
+        self._pairs = set(zip(everyone.pool.tolist(), everyone.type.tolist(), strict=True))
         self._order_stale = False
 
     def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
@@ -306,70 +380,114 @@ class RegistryIndex:
             )
         ):
             return []
-        hi = len(self._order)
-        if need > 0:
-            # sorted by VRAM descending: agents past this point cannot have it on any GPU
-            hi = int(np.searchsorted(self._s_negkey, -query.min_gpu_vram_gb, side="right"))
-        if hi == 0:
+        cols = self._online_order if query.pool is None else self._by_pool.get(pool)
+        if cols is None:  # the pool has no online agent
             return []
+        hi = len(cols)
+        if need > 0 and query.min_gpu_vram_gb > 0:
+            # sorted by VRAM descending: agents past this point cannot have it on any GPU
+            hi = int(cols.negkey.searchsorted(-query.min_gpu_vram_gb, side="right"))
         clock = time.time() if now is None else now
         found: list[CapacityMatch] = []
         limit = query.limit
-        records, reliability, order = self._records, self._reliability, self._order
         # Blocks in sort order, growing: a common query is answered from the first block,
         # one that matches little still costs only a few vectorised passes over the prefix.
-        lo, block = 0, FIRST_BLOCK
+        # Hits wait until there are enough for what is still wanted, then are checked per GPU
+        # together (the mask is exact but for mixed GPU types and irregular slots).
+        lo, block = 0, 2 * limit if limit > FIRST_BLOCK // 2 else FIRST_BLOCK
+        pending: list[npt.NDArray[np.intp]] = []
+        held = seen = 0
         while lo < hi:
-            up = min(hi, lo + block)
-            hits = np.flatnonzero(self._mask(query, need, pool, kind, clock, lo, up))
-            # Slots are gathered a few more than still wanted at a time: a common query
-            # matches most of a block but returns only its first ``limit`` hits.
-            start = 0
-            while start < len(hits):
-                step = max(GATHER_MIN, 2 * (limit - len(found)))
-                for slot in order[lo + hits[start : start + step]].tolist():
-                    record = records[slot]
-                    if record is None:  # pragma: no cover - a removed slot is never online
-                        continue
-                    gpus = matching_gpus(record, query)
-                    if len(gpus) < need:
-                        continue  # mixed GPU types or more GPUs than the columns keep
-                    found.append(CapacityMatch(record, gpus, reliability.get(record.agent_id)))
-                    if len(found) >= limit:
+            up = lo + block if lo + block < hi else hi
+            mask = self._mask(cols, query, need, kind, clock, lo, up)
+            hits = cols.slots[lo:up] if mask is None else cols.slots[lo:up][mask]
+            lo = up
+            if len(hits):
+                pending.append(hits)
+                held += len(hits)
+                seen += len(hits)
+            if pending and (held >= limit - len(found) or lo >= hi):
+                candidates = pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, held = [], 0
+                start, end = 0, len(candidates)
+                while start < end:
+                    step = 2 * (limit - len(found))
+                    step = step if step > GATHER_MIN else GATHER_MIN
+                    whole = start == 0 and step >= end
+                    chunk = candidates if whole else candidates[start : start + step]
+                    if self._collect(chunk, query, need, kind, found):
                         return found
-                start += step
-            lo, block = up, block * 4
+                    start += step
+            # Enough for what is still wanted at the rate seen so far, with a margin.
+            wanted = limit - len(found) - held
+            block = max(block * BLOCK_GROWTH, wanted * lo * 3 // (2 * seen or 2))
         return found
 
     def _mask(
         self,
+        cols: _Ordered,
         query: CapacityFilter,
         need: int,
-        pool: int,
         kind: int,
         clock: float,
         lo: int,
         up: int,
-    ) -> npt.NDArray[np.bool_]:
-        mask = self._s_online[lo:up].copy()
+    ) -> npt.NDArray[np.bool_] | None:
+        """Which positions in [lo, up) may match (a superset where GPUs decide); None: all."""
+        conditions: list[npt.NDArray[np.bool_]] = []
         if query.min_cpu_cores > 0:
-            mask &= self._s_cores[lo:up] >= query.min_cpu_cores
+            conditions.append(cols.cores[lo:up] >= query.min_cpu_cores)
         if query.min_mem_gb > 0:
-            mask &= self._s_mem[lo:up] >= query.min_mem_gb
-        if query.pool is not None:
-            mask &= self._s_pool[lo:up] == pool
+            conditions.append(cols.mem[lo:up] >= query.min_mem_gb)
         if query.gpu_type is not None:
-            kinds = self._s_type[lo:up]
-            mask &= (kinds == kind) | (kinds == _MIXED)
-        if need > 0:
-            mask &= self._s_free[lo:up, min(need, TOP_GPUS) - 1] >= query.min_gpu_vram_gb
+            conditions.append(cols.of_kind(kind)[lo:up])
+        # One GPU of a type, any free VRAM: the type condition already says so.
+        vram = query.min_gpu_vram_gb
+        if need > 0 and not (need == 1 and query.gpu_type is not None and vram <= 0):
+            conditions.append(cols.free[min(need, TOP_GPUS) - 1, lo:up] >= vram)
             if need > TOP_GPUS:
-                mask &= self._s_usable[lo:up] >= need
+                conditions.append(cols.usable[lo:up] >= need)
         if query.max_sample_age_s is not None:
-            mask &= self._s_sampled[lo:up] >= clock - query.max_sample_age_s
+            conditions.append(cols.sampled[lo:up] >= clock - query.max_sample_age_s)
         if query.min_reliability is not None:
-            mask &= self._s_rel[lo:up] >= query.min_reliability
+            conditions.append(cols.rel[lo:up] >= query.min_reliability)
+        if len(conditions) <= 1:
+            return conditions[0] if conditions else None
+        mask = conditions[0] & conditions[1]  # a new array: the cached type masks stay intact
+        for condition in conditions[2:]:
+            mask &= condition
         return mask
+
+    def _collect(
+        self,
+        slots: npt.NDArray[np.intp],
+        query: CapacityFilter,
+        need: int,
+        kind: int,
+        found: list[CapacityMatch],
+    ) -> bool:
+        """Check candidates GPU by GPU, in order, into ``found``; True once it holds ``limit``."""
+        ok = self._gpu_free[slots] >= query.min_gpu_vram_gb
+        if query.gpu_type is not None:
+            ok &= self._gpu_type[slots] == kind
+        rows: list[int] = ok.view(np.uint64).ravel().tolist()  # a row of 8 bools as one int
+        records, rel_of, irregular, limit = (
+            self._records,
+            self._rel_of,
+            self._irregular,
+            query.limit,
+        )
+        for slot, row in zip(slots.tolist(), rows, strict=True):
+            record = records[slot]
+            if record is None:  # pragma: no cover - a removed slot is never online
+                continue
+            gpus = matching_gpus(record, query) if slot in irregular else _GPU_SETS[row]
+            if len(gpus) < need:
+                continue  # mixed GPU types, or GPUs the column of the k-th best cannot tell
+            found.append(CapacityMatch(record, gpus, rel_of[slot]))
+            if len(found) >= limit:
+                return True
+        return False
 
 
 class RegistryFollower:

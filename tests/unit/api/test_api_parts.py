@@ -6,6 +6,7 @@ import io
 from datetime import timedelta
 
 import msgspec
+import pytest
 from rich.console import Console
 
 from fleetpulse.api.auth import token_matches
@@ -14,7 +15,7 @@ from fleetpulse.api.routes.agents import _auto_bucket, parse_bucket
 from fleetpulse.api.rows import RowCache
 from fleetpulse.api.schemas import CapacityList, capacity_of
 from fleetpulse.api.status import fleet_table, pool_summary
-from fleetpulse.store import CapacityFilter, CapacityMatch, RegistryIndex
+from fleetpulse.store import AgentRecord, CapacityFilter, CapacityMatch, RegistryIndex
 from tests.unit.api.records import NOW, gpu, record
 
 
@@ -122,9 +123,19 @@ def test_fleet_table_online_first_and_pool_summary() -> None:
     assert pool_summary([]) == "pools: none"
 
 
-def test_row_cache_reuses_rows_only_while_record_and_reliability_hold() -> None:
+def test_row_cache_reuses_rows_only_while_record_and_reliability_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cache = RowCache()
     now = NOW.timestamp() + 10
+    encoded: list[str] = []
+    encode = RowCache._encode
+
+    def counting(record: AgentRecord, reliability: float | None) -> bytes:
+        encoded.append(record.hostname)
+        return encode(record, reliability)
+
+    monkeypatch.setattr(RowCache, "_encode", staticmethod(counting))
 
     def answer(match: CapacityMatch) -> dict[str, object]:
         items = msgspec.json.decode(cache.capacity_list([match], as_of=NOW, now=now))["items"]
@@ -135,13 +146,60 @@ def test_row_cache_reuses_rows_only_while_record_and_reliability_hold() -> None:
     first = CapacityMatch(record("a", cores=8), (), 0.5)
     assert answer(first)["cpu_cores"] == 8
     assert answer(first)["sample_age_s"] == 11.0  # the very same record: cached row and time
-    # Another object for the same write (same updated_at, so the same content) keeps the row.
+    assert encoded == ["a"]
+    # Another object (the index holds one per write) is encoded again, to the same row.
     same_write = CapacityMatch(record("a", cores=8), (), 0.5)
-    assert same_write.record is not first.record
     assert answer(same_write)["sample_age_s"] == 11.0
+    assert encoded == ["a", "a"]
     # A newer write is encoded again.
     newer = CapacityMatch(record("a", cores=12, updated=NOW + timedelta(seconds=1)), (), 0.5)
     assert answer(newer)["cpu_cores"] == 12
     # So is a changed reliability score.
     rescored = CapacityMatch(newer.record, (), 0.9)
     assert answer(rescored)["reliability_30d"] == 0.9
+    assert len(encoded) == 4
+
+
+GOLDEN_ROW = (
+    b'{"items":[{"sample_age_s":3.500,"matching_gpus":[0],'
+    b'"agent_id":"4f3f2898-69e3-5a0d-820a-c4e87987dbce","hostname":"a","pool_name":"render",'
+    b'"status":"online","status_changed_at":"2026-11-24T04:00:00Z",'
+    b'"first_seen_at":"2026-11-23T04:00:00Z","last_heartbeat_at":"2026-11-24T04:00:00Z",'
+    b'"last_sampled_at":"2026-11-24T03:59:59Z","agent_version":"0.1.0","work_state":"idle",'
+    b'"cpu_cores":8,"cpu_available_cores":8,"cpu_load_1m":0.0,"mem_total_gb":32.0,'
+    b'"mem_available_gb":16.0,"gpu_type":"RTX","gpu_count":2,"gpu_vram_total_gb":48.0,'
+    b'"gpu_vram_available_gb":8.0,"gpus":[{"index":0,"uuid":"","name":"RTX",'
+    b'"vram_total_gb":24.0,"vram_free_gb":8.0,"util_pct":null,"temp_c":null,"power_w":null,'
+    b'"error":null},{"index":1,"uuid":"","name":"RTX","vram_total_gb":24.0,"vram_free_gb":3.0,'
+    b'"util_pct":null,"temp_c":null,"power_w":null,"error":"Xid"}],"errors":[],'
+    b'"reliability_30d":0.25},{"sample_age_s":null,"matching_gpus":[]'
+)
+
+
+def test_capacity_answer_bytes_are_pinned() -> None:
+    """Byte for byte what the API has answered so far (field order, three-decimal ages)."""
+    matches = [
+        CapacityMatch(record("a", gpus=(gpu(0, 8.0), gpu(1, 3.0, error="Xid"))), (0,), 0.25),
+        CapacityMatch(record("b", sampled_ago_s=None), (), None),
+    ]
+    cache = RowCache()
+    for as_of in (NOW, NOW + timedelta(seconds=1), NOW + timedelta(seconds=1)):
+        body = cache.capacity_list(matches, as_of=as_of, now=NOW.timestamp() + 2.5)
+        assert body.startswith(GOLDEN_ROW)
+        assert body.endswith(b'"count":2,"as_of":%b}' % msgspec.json.encode(as_of))
+    sampled_only = cache.capacity_list(matches[:1], as_of=NOW, now=NOW.timestamp() + 2.5)
+    first_row = GOLDEN_ROW[: GOLDEN_ROW.index(b',{"sample_age_s":null')]
+    assert sampled_only == first_row + b'],"count":1,"as_of":"2026-11-24T04:00:00Z"}'
+    empty = cache.capacity_list([], as_of=NOW, now=NOW.timestamp())
+    assert empty == b'{"items":[],"count":0,"as_of":"2026-11-24T04:00:00Z"}'
+
+
+def test_per_agent_series_follow_agent_id_order() -> None:
+    rows = [record(f"host{n}") for n in range(20)]
+    text, _ = render_fleet(rows, now=NOW.timestamp(), per_agent_limit=20)
+    ids = [
+        line.split('agent_id="')[1].split('"')[0]
+        for line in text.decode().splitlines()
+        if line.startswith("fleetpulse_agent_up{")
+    ]
+    assert ids == [str(r.agent_id) for r in sorted(rows, key=lambda r: r.agent_id)]

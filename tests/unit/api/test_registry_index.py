@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import random
+import uuid
 from datetime import timedelta
 
-from fleetpulse.store import CapacityFilter, RegistryIndex
+import pytest
+
+from fleetpulse.store import AgentRecord, CapacityFilter, RegistryIndex, matching_gpus
 from tests.unit.api.records import NOW, gpu, record
 
 CLOCK = NOW.timestamp()
@@ -136,3 +141,119 @@ def test_large_fleet_scans_in_blocks_and_stops_at_limit() -> None:
     rare = names(index, min_cpu_cores=63, min_gpu_vram_gb=23, limit=1000)
     assert len(rare) == sum(1 for n in range(20_000) if n % 64 == 63 and n % 24 >= 23)
     assert len(names(index, limit=50)) == 50
+
+
+def test_a_type_found_only_on_mixed_agents_matches_per_gpu() -> None:
+    index = RegistryIndex()
+    index.apply(
+        [
+            record("mixed", gpus=(gpu(0, 20.0, name="A100"), gpu(1, 9.0, name="L4"))),
+            record("a100", gpus=(gpu(0, 30.0, name="A100"),)),
+        ]
+    )
+    (match,) = index.query(CapacityFilter(gpu_type="L4"), CLOCK)
+    assert (match.record.hostname, match.matching_gpus) == ("mixed", (1,))
+    assert names(index, gpu_type="L4", min_gpu_vram_gb=10) == []
+    assert names(index, gpu_type="L4", pool="render") == ["mixed"]
+
+
+def test_gpu_indexes_that_are_not_positions_are_reported_as_given() -> None:
+    index = RegistryIndex()
+    index.apply(
+        [
+            record("odd", gpus=(gpu(1, 12.0), gpu(3, 4.0), gpu(5, 16.0, error="Xid"))),
+            record("plain", gpus=(gpu(0, 4.0), gpu(1, 12.0))),
+        ]
+    )
+    rows = index.query(CapacityFilter(min_gpu_vram_gb=10), CLOCK)
+    assert {m.record.hostname: m.matching_gpus for m in rows} == {"odd": (1,), "plain": (1,)}
+    rows = index.query(CapacityFilter(), CLOCK)
+    assert {m.record.hostname: m.matching_gpus for m in rows} == {"odd": (1, 3), "plain": (0, 1)}
+    assert names(index, min_gpu_count=2, min_gpu_vram_gb=3) == ["odd", "plain"]
+    assert names(index, min_gpu_count=3) == []
+
+
+def reference(
+    records: list[AgentRecord], reliability: dict[uuid.UUID, float], query: CapacityFilter
+) -> list[tuple[str, tuple[int, ...], float | None]]:
+    """The contract by brute force: online, every filter, exact per-GPU match, the order."""
+    rows = []
+    for r in records:
+        rel = reliability.get(r.agent_id)
+        sampled = r.last_sampled_at.timestamp() if r.last_sampled_at else -math.inf
+        gpus = matching_gpus(r, query)
+        if (
+            r.status != "online"
+            or r.cpu_available_cores < query.min_cpu_cores
+            or r.mem_available_gb < query.min_mem_gb
+            or (query.pool is not None and r.pool_name != query.pool)
+            or (query.max_sample_age_s is not None and sampled < CLOCK - query.max_sample_age_s)
+            or (query.min_reliability is not None and (rel is None or rel < query.min_reliability))
+            or len(gpus) < query.gpus_needed
+        ):
+            continue
+        # "most free VRAM": what the agent reports, never below its best usable GPU
+        best = max((g.vram_free_gb for g in r.gpus if not g.error), default=-1.0)
+        key = (-max(r.gpu_vram_available_gb, best), -r.cpu_available_cores, r.agent_id.int)
+        rows.append((key, r.hostname, gpus, rel))
+    rows.sort(key=lambda row: row[0])
+    return [(host, gpus, rel) for _, host, gpus, rel in rows[: query.limit]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_fleets_and_filters_answer_as_the_brute_force_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    kinds = ("A100", "L4", "RTX")
+
+    def agent(n: int, version: int) -> AgentRecord:
+        irregular = rng.random() < 0.1  # indexes that are not positions
+        main_kind = kinds[n % 3]
+        gpus = tuple(
+            gpu(
+                2 * i + 1 if irregular else i,
+                round(rng.uniform(0, 40), 1),
+                name=rng.choice(kinds) if rng.random() < 0.3 else main_kind,
+                error="Xid" if rng.random() < 0.1 else None,
+            )
+            for i in range(rng.choice((0, 0, 1, 1, 2, 3, 4, 8, 9, 12)))
+        )
+        return record(
+            f"h{n}",
+            gpus=gpus,
+            cores=rng.randint(0, 64),
+            mem=rng.choice((4.0, 16.0, 64.0)),
+            status="online" if rng.random() < 0.85 else "offline",
+            pool=rng.choice(("p", "q", "r")),
+            sampled_ago_s=rng.choice((None, 1, 30, 100, 500)),
+            updated=NOW + timedelta(seconds=version),
+        )
+
+    index = RegistryIndex(initial_slots=4)
+    latest: dict[str, AgentRecord] = {}
+    reliability: dict[uuid.UUID, float] = {}
+    for version in range(12):
+        hosts = {rng.randrange(300) for _ in range(rng.randint(1, 200))}
+        batch = [agent(n, version) for n in sorted(hosts)]
+        index.apply(batch)
+        latest.update((r.hostname, r) for r in batch)
+        for i in range(60):
+            if i in (0, 30) and rng.random() < 0.4:  # before the re-sort, and after it
+                sample = rng.sample(list(latest.values()), len(latest) // 2)
+                reliability = {r.agent_id: rng.random() for r in sample}
+                index.set_reliability(reliability)
+            query = CapacityFilter(
+                min_gpu_vram_gb=rng.choice((0, 0, 5, 10, 20, 39)),
+                min_cpu_cores=rng.choice((0, 0, 8, 32, 60)),
+                min_mem_gb=rng.choice((0, 0, 8, 32)),
+                min_gpu_count=rng.choice((0, 0, 1, 2, 4, 9, 10)),
+                gpu_type=rng.choice((None, None, *kinds, "H100")),
+                pool=rng.choice((None, None, "p", "q", "s")),
+                max_sample_age_s=rng.choice((None, None, 5, 60)),
+                min_reliability=rng.choice((None, None, 0.5)),
+                limit=rng.choice((1, 3, 20, 1000)),
+            )
+            got = [
+                (m.record.hostname, m.matching_gpus, m.reliability_30d)
+                for m in index.query(query, CLOCK)
+            ]
+            assert got == reference(list(latest.values()), reliability, query), query

@@ -6,9 +6,9 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from litestar import Controller, MediaType, Response, get
+from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import PathParameter, QueryParameter
@@ -147,7 +147,8 @@ class AgentRoutes(Controller):
     )
     async def available_capacity(
         self,
-        state: State,
+        # the request, not State: Litestar checks a State argument with an ABC isinstance
+        request: Request[Any, Any, Any],
         min_gpu_vram_gb: Annotated[
             float, QueryParameter(ge=0, le=MAX_GB, description="Free VRAM on a single GPU, GiB.")
         ] = 0.0,
@@ -186,7 +187,7 @@ class AgentRoutes(Controller):
             int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many.")
         ] = 100,
     ) -> Response[bytes]:
-        services = services_of(state)
+        services = services_of(request.app.state)
         query = CapacityFilter(
             min_gpu_vram_gb=min_gpu_vram_gb,
             min_cpu_cores=min_cpu_cores,
