@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiormq
-import msgspec
 import psycopg
 import pytest
 from psycopg import sql
@@ -30,6 +29,7 @@ from tests.fixtures.ingest import (
     scalar,
     settings_for,
     wait_until,
+    with_database,
 )
 
 pytestmark = pytest.mark.slow(8)
@@ -120,10 +120,9 @@ async def test_database_outage_loses_and_doubles_nothing(
     db_url: str, amqp_url: str, outage: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     agent = uuid.uuid4()
-    settings = settings_for(db_url, amqp_url, prefetch=5, batch_max_messages=5)
     # A short pool wait, so each retry against the absent database takes 0.5 s, not 2 s.
-    settings = msgspec.structs.replace(
-        settings, database=msgspec.structs.replace(settings.database, connect_timeout_s=0.5)
+    settings = with_database(
+        settings_for(db_url, amqp_url, prefetch=5, batch_max_messages=5), connect_timeout_s=0.5
     )
     async with running_ingest(settings) as (ingest, rec, _d):
         await publish(amqp_url, [heartbeat(agent, 1)])
@@ -410,9 +409,8 @@ async def test_batch_stuck_behind_a_lock_times_out_and_is_retried(
     """A database that holds a batch without failing it: the statement timeout turns the
     wait into a retry, nothing is acked meanwhile, and the batch commits once after."""
     agent = uuid.uuid4()
-    settings = settings_for(db_url, amqp_url, prefetch=5, batch_max_messages=5)
-    settings = msgspec.structs.replace(
-        settings, database=msgspec.structs.replace(settings.database, statement_timeout_s=0.2)
+    settings = with_database(
+        settings_for(db_url, amqp_url, prefetch=5, batch_max_messages=5), statement_timeout_s=0.2
     )
     async with running_ingest(settings) as (ingest, rec, _d):
         await publish(amqp_url, [heartbeat(agent, 1)])
