@@ -21,9 +21,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from fleetpulse import store
-from tests.fixtures.ingest import close_connections
-
 DEFAULT_DB_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_AMQP_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
@@ -96,6 +93,11 @@ def db_admin_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(db_admin_url: str, worker_id: str) -> Iterator[str]:
     """A fresh, migrated TimescaleDB database for this test run (one per xdist worker)."""
+    # Imported here, not at the top: the xdist controller loads this conftest too but runs
+    # no test, and the store (alembic, sqlalchemy, psycopg) delays the workers' start.
+    from fleetpulse import store
+    from tests.fixtures.ingest import close_connections
+
     name = f"fleetpulse_test_{RUN_ID}_{worker_id}"
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -5,10 +5,7 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.python import asgi as schemathesis_asgi
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from fleetpulse.api import create_app
 from tests.fixtures.api import GpuSeed, api_settings, seed_agent
@@ -93,6 +90,11 @@ async def test_auth_off_serves_without_token(conn, client_for) -> None:
 
 def test_openapi_document_passes_schemathesis(conn, db_url: str) -> None:
     """Generated requests against the documented schema: no 5xx, answers conform."""
+    # Imported here: every xdist worker collects this module, one runs this test.
+    import schemathesis
+    from schemathesis.python import asgi as schemathesis_asgi
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
     agent = seed_agent(conn, gpus=(GpuSeed(24, 20), GpuSeed(24, 4, error="Xid 79")))
     seed_agent(conn, hostname="cpu-only", status="offline")
     app_settings = api_settings(db_url)
