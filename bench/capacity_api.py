@@ -5,7 +5,9 @@ GPU types, several pools); the API runs in its own process (uvicorn + uvloop) an
 each capacity query of the mix at 8 and 32 connections, beside a route of the same server
 that returns a precomputed body of the same size (the framework's ceiling). Also measured:
 each query's SQL time alone and the registry index's query and refresh costs. Every figure
-is the median of ``--runs`` runs. The database is dropped at the end.
+is the median of ``--runs`` runs. The database is dropped at the end. Beside requests/s, each
+wrk run records the API process's CPU time per request (from /proc): on a box shared with
+other work, the ratio of those is steadier than the ratio of throughputs.
 
 The registry is seeded once and then stands still, so a ``max_sample_age_s`` bound is
 stretched by the time since seeding (the same agents match all along), and each query's
@@ -207,13 +209,23 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, connections: int, duration: float) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, connections: int, duration: float, server_pid: int) -> dict[str, float]:
+    before = cpu_s(server_pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_s(server_pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -223,6 +235,8 @@ def wrk(url: str, connections: int, duration: float) -> dict[str, float]:
         "p50_ms": p50,
         "p99_ms": p99,
         "non_2xx": float(errors.group(1)) if errors else 0.0,
+        # the server's CPU per request: steadier than rps when other processes share the CPUs
+        "server_cpu_us_per_request": round(cpu / max(requests, 1) * 1e6, 1),
     }
 
 
@@ -345,8 +359,10 @@ def main() -> int:
                     body = httpx.get(target).content
                     sizes.setdefault(qname, []).append(len(body))
                     counts.setdefault(qname, []).append(json.loads(body)["count"])
-                    api = wrk(target, c, args.duration)
-                    ceiling = wrk(f"{base}/bench/precomputed?size={len(body)}", c, args.duration)
+                    api = wrk(target, c, args.duration, server.pid)
+                    ceiling = wrk(
+                        f"{base}/bench/precomputed?size={len(body)}", c, args.duration, server.pid
+                    )
                     runs.setdefault(qname, {}).setdefault(f"api_c{c}", []).append(api)
                     runs[qname].setdefault(f"ceiling_c{c}", []).append(ceiling)
 
@@ -363,6 +379,11 @@ def main() -> int:
                 **m,
                 "throughput_vs_ceiling_c32": round(
                     m["api_c32"]["rps"] / m["ceiling_c32"]["rps"], 3
+                ),
+                "server_cpu_ceiling_vs_api_c32": round(
+                    m["ceiling_c32"]["server_cpu_us_per_request"]
+                    / m["api_c32"]["server_cpu_us_per_request"],
+                    3,
                 ),
                 "throughput_vs_ceiling_c32_per_run": [
                     round(a["rps"] / b["rps"], 3)

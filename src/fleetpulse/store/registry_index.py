@@ -13,6 +13,8 @@ the rows returned.
 database: a full load at start, then on every ``fleetpulse_registry`` notification (and at
 least every ``poll_interval_s``) it fetches the rows whose ``updated_at`` moved, at most once
 per ``refresh_interval_s``; a full reload every ``resync_interval_s`` drops deleted agents.
+A full read is decoded, indexed and sorted in a worker thread into a fresh index that then
+replaces the served one whole, so requests are not held up for the seconds it takes.
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg.rows import TupleRow
 
 from fleetpulse.errors import FleetpulseError
 from fleetpulse.store.engine import RETRYABLE_DB_ERRORS, Database, connect
-from fleetpulse.store.queries import AgentRecord, fetch_registry, fetch_reliability
+from fleetpulse.store.queries import (
+    REGISTRY_COLUMNS,
+    AgentRecord,
+    fetch_registry,
+    fetch_reliability,
+    record_from_row,
+)
 
 __all__ = [
     "CapacityFilter",
@@ -50,6 +59,8 @@ log = logging.getLogger(__name__)
 FIRST_BLOCK: Final = 64  # sort positions compared at first; a common query needs no more
 BLOCK_GROWTH: Final = 8  # each further block this many times the last
 GATHER_MIN: Final = 16  # candidates checked per GPU at a time, at least
+READ_CHUNK: Final = 250  # registry rows converted per C call in a full read (~10 ms)
+RELEASE_CHUNK: Final = 1000  # records freed per turn of the event loop after a full read
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
@@ -311,6 +322,14 @@ class RegistryIndex:
         self.apply(records)
         self.version += 1
 
+    def adopt(self, other: RegistryIndex) -> list[AgentRecord | None]:
+        """Take over everything ``other`` holds, at once (an index built elsewhere, in full);
+        returns the records held before, for the caller to let go of when it suits."""
+        held, version = self._records, max(self.version, other.version) + 1
+        vars(self).update(vars(other))
+        self.version = version
+        return held
+
     def set_reliability(self, scores: Mapping[uuid.UUID, float]) -> None:
         self._reliability = dict(scores)
         self._rel[:] = np.nan
@@ -525,16 +544,24 @@ class RegistryFollower:
         """Read what changed (everything if ``full``) into the index; returns rows changed."""
         async with self._refresh_lock:
             started = time.perf_counter()
-            async with self.db.connection() as conn:
-                cur = await conn.execute("SELECT now()")
-                row = await cur.fetchone()
-                db_now: datetime = row[0] if row else datetime.now().astimezone()
-                if full or self._watermark is None:
-                    rows = await fetch_registry(conn)
-                    self.index.replace_all(rows)
-                    changed = len(rows)
-                    self._last_full = time.monotonic()
-                else:
+            if full or self._watermark is None:
+                # Decoding and indexing every row takes seconds at 100k agents: done in a
+                # worker thread into a fresh index, which replaces the served one whole;
+                # requests are answered from the old one meanwhile.
+                scores = self.index._reliability
+                fresh, db_now = await asyncio.to_thread(self._read_all, scores)
+                latest = self.index._reliability
+                before = self.index.adopt(fresh)
+                if latest is not scores:  # pragma: no cover - rescored while the thread read
+                    self.index.set_reliability(latest)
+                changed = len(fresh)
+                self._last_full = time.monotonic()
+                while before:  # 100k records freed at once would hold the loop ~0.1 s
+                    del before[-RELEASE_CHUNK:]
+                    await asyncio.sleep(0)
+            else:
+                async with self.db.connection() as conn:
+                    db_now = await _db_now(conn)
                     rows = await fetch_registry(
                         conn, updated_after=self._watermark, known=self.index.updated_at
                     )
@@ -547,6 +574,28 @@ class RegistryFollower:
             self.refreshes += 1
             self.last_refresh_s = time.perf_counter() - started
             return changed
+
+    def _read_all(self, scores: Mapping[uuid.UUID, float]) -> tuple[RegistryIndex, datetime]:
+        """(In a worker thread, on its own connection.) The whole registry, indexed and sorted."""
+
+        async def read() -> tuple[list[AgentRecord], datetime]:
+            conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
+            async with conn:
+                db_now = await _db_now(conn)  # before the read: the watermark must not pass it
+                # fetch_registry's fetchall converts every row in one C call that holds the
+                # GIL (2.5 s at 100k agents); in chunks, the event loop gets a turn between.
+                cur = await conn.execute(f"SELECT {REGISTRY_COLUMNS} FROM agent_registry")
+                records: list[AgentRecord] = []
+                while rows := await cur.fetchmany(READ_CHUNK):
+                    records += [record_from_row(row) for row in rows]
+                return records, db_now
+
+        rows, db_now = asyncio.run(read())
+        fresh = RegistryIndex(initial_slots=max(1024, len(rows)))
+        fresh.set_reliability(scores)
+        fresh.apply(rows)
+        fresh._ensure_order()
+        return fresh, db_now
 
     async def refresh_reliability(self) -> None:
         async with self.db.connection() as conn:
@@ -616,6 +665,13 @@ class RegistryFollower:
                 await self.refresh_reliability()
             except FleetpulseError as exc:
                 log.warning("reliability refresh failed: %s", exc)
+
+
+async def _db_now(conn: psycopg.AsyncConnection[TupleRow]) -> datetime:
+    cur = await conn.execute("SELECT now()")
+    row = await cur.fetchone()
+    db_now: datetime = row[0] if row else datetime.now().astimezone()
+    return db_now
 
 
 async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -221,6 +222,41 @@ async def test_index_follows_registry_writes(conn, client_for) -> None:
             await asyncio.sleep(0.02)
         assert hosts(body) == ["changing"]
         assert body["items"][0]["gpu_vram_available_gb"] == 20
+
+
+async def test_a_full_read_is_built_off_the_event_loop_and_replaces_the_index_whole(
+    conn, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        seed_agent(conn, hostname=f"full-{n}", gpus=(GpuSeed(24, 10 + n),))
+    loop_thread = threading.current_thread()
+    applied_in: list[threading.Thread] = []
+    apply = store.RegistryIndex.apply
+
+    def spy(index: store.RegistryIndex, records: Any) -> int:
+        applied_in.append(threading.current_thread())
+        return apply(index, records)
+
+    monkeypatch.setattr(store.RegistryIndex, "apply", spy)
+    async with store.Database(DatabaseSettings(url=db_url)) as db:
+        index = store.RegistryIndex()
+        follower = store.RegistryFollower(db, index)
+        assert await follower.refresh(full=True) == 3
+        assert applied_in
+        assert loop_thread not in applied_in
+        version = index.version
+        top = index.query(store.CapacityFilter(min_gpu_vram_gb=11))
+        assert [m.record.hostname for m in top] == ["full-2", "full-1"]
+        conn.execute("DELETE FROM agent_registry WHERE hostname = 'full-2'")
+        seed_agent(conn, hostname="full-3", gpus=(GpuSeed(24, 20),))
+        applied_in.clear()
+        await follower.refresh()  # a few rows: applied in place, on the loop
+        assert applied_in == [loop_thread]
+        await follower.refresh(full=True)  # drops the deleted agent
+        assert index.version > version
+        top = index.query(store.CapacityFilter(min_gpu_vram_gb=11))
+        assert [m.record.hostname for m in top] == ["full-3", "full-1"]
+        assert index.as_of is not None
 
 
 async def test_per_agent_capacity_any_known_agent_404_for_unknown(conn, client_for) -> None:
