@@ -26,7 +26,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Final, Self
 
@@ -80,7 +80,6 @@ _COLUMNS: Final = (
     "_rel",
     "_idkey",
     "_gpu_free",
-    "_gpu_type",
 )
 
 
@@ -186,6 +185,7 @@ class RegistryIndex:
         # Slots whose GPUs the per-position columns cannot describe: more than TOP_GPUS,
         # or indexes that are not their positions. Their GPUs are checked row by row.
         self._irregular: set[int] = set()
+        self._mixed: set[int] = set()  # slots with usable GPUs of several types
         self._pool_codes: dict[str, int] = {}
         self._type_codes: dict[str, int] = {}
         self._allocate(slots)
@@ -207,10 +207,10 @@ class RegistryIndex:
         self._free = np.full((size, TOP_GPUS), -1.0, dtype=np.float64)
         self._rel = np.full(size, np.nan, dtype=np.float64)
         self._idkey = np.zeros(size, dtype=np.uint64)
-        # Each GPU by its position in the record, for the exact per-GPU check of candidates.
-        # An unusable or absent GPU has -inf free, so it never matches.
+        # Each GPU by its position in the record, for the exact per-GPU check of candidates
+        # (their types need no check: a candidate of a type query has GPUs of that type only,
+        # or is mixed and checked row by row). An unusable or absent GPU has -inf free.
         self._gpu_free = np.full((size, TOP_GPUS), -np.inf, dtype=np.float64)
-        self._gpu_type = np.full((size, TOP_GPUS), _NO_CODE, dtype=np.int32)
 
     def _grow(self, needed: int) -> None:
         size = len(self._online)
@@ -284,8 +284,7 @@ class RegistryIndex:
         usable = np.zeros(len(rows), dtype=np.int32)
         types = np.full(len(rows), _NO_CODE, dtype=np.int32)
         gpu_free = np.full((len(rows), TOP_GPUS), -np.inf, dtype=np.float64)
-        gpu_type = np.full((len(rows), TOP_GPUS), _NO_CODE, dtype=np.int32)
-        type_codes, irregular = self._type_codes, self._irregular
+        type_codes, irregular, mixed = self._type_codes, self._irregular, self._mixed
         for i, (slot, r) in enumerate(changed):
             good = [g for g in r.gpus if not g.error]
             usable[i] = len(good)
@@ -294,10 +293,12 @@ class RegistryIndex:
             names = {g.name for g in good}
             for name in names:
                 self._code(type_codes, name)
+            mixed.discard(slot)
             if len(names) == 1:
                 types[i] = type_codes[names.pop()]
             elif names:
                 types[i] = _MIXED
+                mixed.add(slot)
             gpus = r.gpus
             if len(gpus) > TOP_GPUS or any(g.index != k for k, g in enumerate(gpus)):
                 irregular.add(slot)
@@ -306,12 +307,10 @@ class RegistryIndex:
             for k, g in enumerate(gpus):
                 if not g.error:
                     gpu_free[i, k] = g.vram_free_gb
-                    gpu_type[i, k] = type_codes[g.name]
         self._free[slots] = free
         self._usable[slots] = usable
         self._type[slots] = types
         self._gpu_free[slots] = gpu_free
-        self._gpu_type[slots] = gpu_type
         self._order_stale = True
         self.version += 1
         return len(changed)
@@ -434,7 +433,7 @@ class RegistryIndex:
                     step = step if step > GATHER_MIN else GATHER_MIN
                     whole = start == 0 and step >= end
                     chunk = candidates if whole else candidates[start : start + step]
-                    if self._collect(chunk, query, need, kind, found):
+                    if self._collect(chunk, query, need, found):
                         return found
                     start += step
             # Enough for what is still wanted at the rate seen so far, with a margin.
@@ -482,13 +481,10 @@ class RegistryIndex:
         slots: npt.NDArray[np.intp],
         query: CapacityFilter,
         need: int,
-        kind: int,
         found: list[CapacityMatch],
     ) -> bool:
         """Check candidates GPU by GPU, in order, into ``found``; True once it holds ``limit``."""
         ok = self._gpu_free[slots] >= query.min_gpu_vram_gb
-        if query.gpu_type is not None:
-            ok &= self._gpu_type[slots] == kind
         rows: list[int] = ok.view(np.uint64).ravel().tolist()  # a row of 8 bools as one int
         records, rel_of, irregular, limit = (
             self._records,
@@ -496,11 +492,15 @@ class RegistryIndex:
             self._irregular,
             query.limit,
         )
+        mixed: Container[int] = self._mixed if query.gpu_type is not None else ()
         for slot, row in zip(slots.tolist(), rows, strict=True):
             record = records[slot]
             if record is None:  # pragma: no cover - a removed slot is never online
                 continue
-            gpus = matching_gpus(record, query) if slot in irregular else _GPU_SETS[row]
+            if slot in irregular or slot in mixed:
+                gpus = matching_gpus(record, query)
+            else:
+                gpus = _GPU_SETS[row]
             if len(gpus) < need:
                 continue  # mixed GPU types, or GPUs the column of the k-th best cannot tell
             found.append(CapacityMatch(record, gpus, rel_of[slot]))
