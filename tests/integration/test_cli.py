@@ -11,7 +11,7 @@ from psycopg import sql
 
 from fleetpulse import __version__, store
 from fleetpulse.cli import build_parser, main
-from tests.conftest import with_database
+from tests.conftest import RUN_ID, with_database
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -77,7 +77,7 @@ def test_db_upgrade_creates_and_migrates(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    name = f"fleetpulse_test_cli_{worker_id}"
+    name = f"fleetpulse_test_cli_{RUN_ID}_{worker_id}"
     url = with_database(db_admin_url, name)
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with psycopg.connect(db_admin_url, autocommit=True) as conn:

@@ -9,7 +9,7 @@ from psycopg import sql
 from fleetpulse import store
 from fleetpulse.config import DatabaseSettings
 from fleetpulse.errors import ServiceUnavailable
-from tests.conftest import with_database
+from tests.conftest import RUN_ID, with_database
 
 
 def test_hypertables_exist_on_timescaledb(db_url: str) -> None:
@@ -45,7 +45,7 @@ def test_status_transitions_write_no_per_row_checks(db_url: str) -> None:
 
 
 def test_upgrade_is_idempotent_and_downgrade_reverses(db_admin_url: str, worker_id: str) -> None:
-    url = with_database(db_admin_url, f"fleetpulse_test_migrate_{worker_id}")
+    url = with_database(db_admin_url, f"fleetpulse_test_migrate_{RUN_ID}_{worker_id}")
     with psycopg.connect(db_admin_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
