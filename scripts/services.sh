@@ -8,7 +8,8 @@
 #   rabbitmq    RabbitMQ (Debian rabbitmq-server) on 127.0.0.1:5672 (guest/guest), management plugin with
 #               the HTTP API on http://127.0.0.1:15672 (guest/guest works from localhost only).
 #   tools       prometheus + promtool (the Debian prometheus *service* is kept stopped and disabled; tests
-#               start their own), docker-compose (Python v1, only used as a compose-file parser), curl.
+#               start their own), docker-compose (Python v1, only used as a compose-file parser), curl, wrk
+#               (the load generator of bench/capacity_api.py).
 #
 # Idempotent.  When everything is already fine nothing but a psql query, a curl and a few file checks run
 # (no apt-get, no root needed), well under a second.  Prints exactly one line per service on stdout.  On
@@ -188,10 +189,10 @@ prometheus_service_enabled() {
 TOOLS_INFO=""
 probe_tools() {
     local t
-    for t in prometheus promtool docker-compose curl; do have "$t" || return 1; done
+    for t in prometheus promtool docker-compose curl wrk; do have "$t" || return 1; done
     [[ -z $(debian_prometheus_pids) ]] || return 1
     prometheus_service_enabled && return 1
-    TOOLS_INFO=$(dpkg-query -W -f='${Package} ${Version}, ' prometheus docker-compose curl 2>/dev/null) || TOOLS_INFO=""
+    TOOLS_INFO=$(dpkg-query -W -f='${Package} ${Version}, ' prometheus docker-compose curl wrk 2>/dev/null) || TOOLS_INFO=""
     TOOLS_INFO="${TOOLS_INFO%, }"
     return 0
 }
@@ -591,17 +592,17 @@ stop_debian_prometheus() { # the package's postinst may have enabled/started it;
 
 ensure_tools() {
     SVC=tools
-    HINT="apt-get install --no-install-recommends prometheus docker-compose curl; systemctl disable --now prometheus"
+    HINT="apt-get install --no-install-recommends prometheus docker-compose curl wrk; systemctl disable --now prometheus"
     local actions=() p
-    for p in prometheus docker-compose curl; do
+    for p in prometheus docker-compose curl wrk; do
         [[ " ${INSTALLED[*]} " == *" $p "* ]] && actions+=("installed $p")
     done
-    for p in prometheus promtool docker-compose curl; do
-        have "$p" || fail "$p is missing" "apt-get install --no-install-recommends prometheus docker-compose curl"
+    for p in prometheus promtool docker-compose curl wrk; do
+        have "$p" || fail "$p is missing" "apt-get install --no-install-recommends prometheus docker-compose curl wrk"
     done
     stop_debian_prometheus
     [[ -n $PROM_ACTION ]] && actions+=("$PROM_ACTION the Debian prometheus service (tests start their own)")
-    probe_tools || fail "prometheus/promtool/docker-compose/curl check failed" "see the log"
+    probe_tools || fail "prometheus/promtool/docker-compose/curl/wrk check failed" "see the log"
     if (( ${#actions[@]} )); then
         echo "tools: $(join_actions "${actions[@]}"); have $TOOLS_INFO (with promtool)"
     else
@@ -625,7 +626,7 @@ main() {
     local notready=()
     (( pg_ok )) || notready+=("postgresql (${PG_PROBLEM:-nothing answers psql -h $PG_HOST -p $PG_PORT -U postgres})")
     (( rmq_ok )) || notready+=("rabbitmq ($RMQ_API_URL does not answer)")
-    (( tools_ok )) || notready+=("tools (prometheus/promtool/docker-compose/curl missing or Debian prometheus service enabled)")
+    (( tools_ok )) || notready+=("tools (prometheus/promtool/docker-compose/curl/wrk missing or Debian prometheus service enabled)")
     log "not ready: ${notready[*]}"
     NOT_READY=$(join_actions "${notready[@]}")
     become_root "$@"
@@ -643,7 +644,7 @@ main() {
         fi
     fi
     (( rmq_ok )) || pkgs+=(rabbitmq-server curl)
-    (( tools_ok )) || pkgs+=(prometheus docker-compose curl)
+    (( tools_ok )) || pkgs+=(prometheus docker-compose curl wrk)
     if (( ${#pkgs[@]} )); then
         local missing=()
         for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done
