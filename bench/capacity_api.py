@@ -196,7 +196,13 @@ def serve(url: str, port: int) -> None:
     app = create_app(settings)
     app.register(precomputed)
     uvicorn.run(
-        app, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", access_log=False
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
     )
 
 
@@ -397,6 +403,7 @@ def main() -> int:
             "duration_s_per_run": args.duration,
             "seed_s": round(seed_s, 1),
             "load_generator": "wrk -t1 (separate process)",
+            "server": "uvicorn, uvloop, httptools (as fleetpulse api)",
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
             "queries": queries,
             "sql_ms_median": asyncio.run(sql_times(url, seeded_at)),

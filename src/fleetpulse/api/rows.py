@@ -20,10 +20,10 @@ from fleetpulse.store import AgentRecord, CapacityMatch
 __all__ = ["RowCache"]
 
 _encoder: Final = msgspec.json.Encoder()
-_FIRST: Final = b'{"sample_age_s":'
 _NEXT: Final = b',{"sample_age_s":'
 _GPUS: Final = b',"matching_gpus":'
 _NULL: Final = b"null"
+MAX_LISTS: Final = 1024  # answers whose pieces are kept
 
 
 class RowCache:
@@ -39,6 +39,8 @@ class RowCache:
         self._rows: dict[int, tuple[AgentRecord, float | None, bytes, float | None]] = {}
         self._gpu_lists: dict[tuple[int, ...], bytes] = {}
         self._as_of: tuple[datetime | None, bytes] = (None, b"")
+        # id(matches) -> (the list, its pieces, its rows' sample times)
+        self._lists: dict[int, tuple[list[CapacityMatch], list[bytes], list[float | None]]] = {}
 
     def _entry(self, match: CapacityMatch) -> tuple[AgentRecord, float | None, bytes, float | None]:
         record, reliability = match.record, match.reliability_30d
@@ -80,26 +82,38 @@ class RowCache:
             self._as_of = (as_of, encoded)
         return encoded
 
-    def capacity_list(self, matches: list[CapacityMatch], *, as_of: datetime, now: float) -> bytes:
-        parts = [b'{"items":[']
-        extend, rows, gpu_lists = parts.extend, self._rows, self._gpu_lists
-        for match in matches:
-            record = match.record
-            entry = rows.get(id(record))
+    def _pieces(self, matches: list[CapacityMatch]) -> tuple[list[bytes], list[float | None]]:
+        """The answer's bytes around each row's ``sample_age_s``, and each row's sample time."""
+        pieces = [b'{"items":[{"sample_age_s":']
+        ats: list[float | None] = []
+        rows, gpu_lists = self._rows, self._gpu_lists
+        for i, match in enumerate(matches):
+            entry = rows.get(id(match.record))
             if entry is None or entry[1] != match.reliability_30d:  # (held: still this record)
                 entry = self._entry(match)
-            at = entry[3]
+            ats.append(entry[3])
             gpus = gpu_lists.get(match.matching_gpus) or self._gpus(match.matching_gpus)
-            extend(
-                (
-                    _NEXT,
-                    _NULL if at is None else b"%.3f" % (now - at if now > at else 0.0),
-                    _GPUS,
-                    gpus,
-                    entry[2],
-                )
-            )
-        if matches:
-            parts[1] = _FIRST
-        parts.append(b'],"count":%d,"as_of":%b}' % (len(matches), self._encoded_as_of(as_of)))
+            after = _NEXT if i + 1 < len(matches) else b""
+            pieces.append(b"".join((_GPUS, gpus, entry[2], after)))
+        return pieces, ats
+
+    def capacity_list(self, matches: list[CapacityMatch], *, as_of: datetime, now: float) -> bytes:
+        """The answer for ``matches`` at ``now``; the rows of a list seen before are reused
+        (the index hands out the same list while it has not changed)."""
+        tail = b'],"count":%d,"as_of":%b}' % (len(matches), self._encoded_as_of(as_of))
+        if not matches:
+            return b'{"items":[' + tail
+        cached = self._lists.get(id(matches))
+        if cached is None or cached[0] is not matches:  # (held: an id is not reused meanwhile)
+            if len(self._lists) >= MAX_LISTS:
+                self._lists.clear()
+            pieces, ats = self._pieces(matches)
+            cached = self._lists[id(matches)] = (matches, pieces, ats)
+        pieces, ats = cached[1], cached[2]
+        parts: list[bytes] = [b""] * (2 * len(pieces))
+        parts[0::2] = pieces
+        parts[1:-1:2] = [
+            _NULL if at is None else b"%.3f" % (now - at if now > at else 0.0) for at in ats
+        ]
+        parts[-1] = tail
         return b"".join(parts)

@@ -64,6 +64,7 @@ RELEASE_CHUNK: Final = 1000  # records freed per turn of the event loop after a 
 TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
+MEMO_ENTRIES: Final = 512  # distinct queries remembered between two changes of the index
 _NO_CODE: Final = -1
 _MIXED: Final = -2
 _BYTES_OF_ID: Final = 64
@@ -169,6 +170,17 @@ class _Ordered:
         return found
 
 
+class _Memo:
+    """Answers given since the index last changed: query -> (matches, asked at, oldest sample
+    among them)."""
+
+    __slots__ = ("answers", "version")
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.answers: dict[CapacityFilter, tuple[list[CapacityMatch], float, float]] = {}
+
+
 class RegistryIndex:
     """Columns of the latest registry state, one slot per agent, plus the capacity order."""
 
@@ -176,6 +188,7 @@ class RegistryIndex:
         self._reliability: dict[uuid.UUID, float] = {}
         self.version = 0
         self.as_of: datetime | None = None
+        self._memo = _Memo(-1)
         self._reset(initial_slots)
 
     def _reset(self, slots: int) -> None:
@@ -331,6 +344,7 @@ class RegistryIndex:
 
     def set_reliability(self, scores: Mapping[uuid.UUID, float]) -> None:
         self._reliability = dict(scores)
+        self.version += 1
         self._rel[:] = np.nan
         self._rel_of = [None] * len(self._records)
         for agent_id, score in scores.items():
@@ -370,7 +384,36 @@ class RegistryIndex:
         self._order_stale = False
 
     def query(self, query: CapacityFilter, now: float | None = None) -> list[CapacityMatch]:
-        """Online agents satisfying ``query``, most free VRAM first, then most cores."""
+        """Online agents satisfying ``query``, most free VRAM first, then most cores.
+
+        The list is shared with later calls: read it, do not change it. A query asked again
+        before the index changes is answered from a memo (schedulers repeat a few questions
+        many times a second); one with ``max_sample_age_s`` only while every agent it returned
+        is still fresh enough, and never for an earlier ``now``. Time passing alone only takes
+        agents out of such an answer, so one that lost none is still exact.
+        """
+        clock = time.time() if now is None else now
+        memo = self._memo
+        if memo.version != self.version:
+            memo = self._memo = _Memo(self.version)
+        hit = memo.answers.get(query)
+        if hit is not None:
+            matches, asked_at, oldest = hit
+            if query.max_sample_age_s is None or (
+                clock >= asked_at and oldest >= clock - query.max_sample_age_s
+            ):
+                return matches
+        matches = self._search(query, clock)
+        if len(memo.answers) >= MEMO_ENTRIES:
+            memo.answers.clear()
+        oldest = math.inf
+        if query.max_sample_age_s is not None and matches:
+            sampled = self._sampled
+            oldest = min(float(sampled[self._slots[m.record.agent_id]]) for m in matches)
+        memo.answers[query] = (matches, clock, oldest)
+        return matches
+
+    def _search(self, query: CapacityFilter, clock: float) -> list[CapacityMatch]:
         if query.limit <= 0:
             return []
         pool = kind = 0
@@ -405,7 +448,6 @@ class RegistryIndex:
         if need > 0 and query.min_gpu_vram_gb > 0:
             # sorted by VRAM descending: agents past this point cannot have it on any GPU
             hi = int(cols.negkey.searchsorted(-query.min_gpu_vram_gb, side="right"))
-        clock = time.time() if now is None else now
         found: list[CapacityMatch] = []
         limit = query.limit
         # Blocks in sort order, growing: a common query is answered from the first block,

@@ -203,3 +203,23 @@ def test_per_agent_series_follow_agent_id_order() -> None:
         if line.startswith("fleetpulse_agent_up{")
     ]
     assert ids == [str(r.agent_id) for r in sorted(rows, key=lambda r: r.agent_id)]
+
+
+def test_a_list_served_again_keeps_its_rows_and_recomputes_its_ages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("fleetpulse.api.rows.MAX_LISTS", 2)
+    cache = RowCache()
+    matches = [
+        CapacityMatch(record("a", gpus=(gpu(0, 8.0),)), (0,), None),
+        CapacityMatch(record("b", sampled_ago_s=30), (), 0.5),
+    ]
+    for later in (0.0, 2.25, 7.5):
+        now = NOW.timestamp() + later
+        body = cache.capacity_list(matches, as_of=NOW, now=now)
+        expected = CapacityList(items=[capacity_of(m, now) for m in matches], count=2, as_of=NOW)
+        assert msgspec.json.decode(body, type=CapacityList) == expected
+    assert [i.sample_age_s for i in expected.items] == [8.5, 37.5]
+    for n in range(3):  # more lists than kept: the first is built again, to the same bytes
+        cache.capacity_list([matches[n % 2]], as_of=NOW, now=NOW.timestamp())
+    assert cache.capacity_list(matches, as_of=NOW, now=NOW.timestamp() + 7.5) == body

@@ -257,3 +257,43 @@ def test_random_fleets_and_filters_answer_as_the_brute_force_reference(seed: int
                 for m in index.query(query, CLOCK)
             ]
             assert got == reference(list(latest.values()), reliability, query), query
+
+
+def test_a_repeated_query_is_answered_from_the_memo_until_the_index_changes() -> None:
+    index = seed_fleet()
+    query = CapacityFilter(min_cpu_cores=4)
+    first = index.query(query, CLOCK)
+    assert index.query(CapacityFilter(min_cpu_cores=4), CLOCK + 30) is first  # equal query
+    assert index.query(CapacityFilter(min_cpu_cores=5), CLOCK) is not first
+    index.apply([record("agent9", gpus=(gpu(0, 30.0),), cores=32)])
+    again = index.query(query, CLOCK)
+    assert again is not first
+    assert [m.record.hostname for m in again] == ["agent9", "agent1", "agent2", "agent3"]
+    index.set_reliability({again[0].record.agent_id: 0.5})
+    scored = index.query(query, CLOCK)
+    assert scored is not again
+    assert scored[0].reliability_30d == 0.5
+
+
+def test_a_memo_with_a_freshness_bound_serves_only_while_every_row_is_still_fresh() -> None:
+    index = RegistryIndex()
+    index.apply(
+        [record("young", cores=16, sampled_ago_s=5), record("older", cores=8, sampled_ago_s=40)]
+    )
+    query = CapacityFilter(max_sample_age_s=60)
+    first = index.query(query, CLOCK)
+    assert [m.record.hostname for m in first] == ["young", "older"]
+    assert index.query(query, CLOCK + 10) is first  # both still at most 60 s old
+    later = index.query(query, CLOCK + 30)  # "older" is 70 s old now
+    assert [m.record.hostname for m in later] == ["young"]
+    # never answered from a memo made at a later clock: an earlier one may admit more
+    assert [m.record.hostname for m in index.query(query, CLOCK)] == ["young", "older"]
+
+
+def test_the_memo_is_bounded() -> None:
+    index = seed_fleet()
+    first = index.query(CapacityFilter(limit=1), CLOCK)
+    for n in range(2, 2 + 600):
+        index.query(CapacityFilter(limit=n), CLOCK)
+    assert index.query(CapacityFilter(limit=1), CLOCK) is not first  # evicted: computed again
+    assert [m.record.hostname for m in index.query(CapacityFilter(limit=1), CLOCK)] == ["agent1"]
