@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -20,14 +23,76 @@ def test_hypertables_exist_on_timescaledb(db_url: str) -> None:
     assert [r[0] for r in rows] == ["agent_samples", "gpu_samples"]
 
 
-def test_capacity_and_silence_indexes_exist(db_url: str) -> None:
+def test_capacity_and_heartbeat_indexes_exist_and_none_mentions_status(db_url: str) -> None:
+    """0003: a status change must not need an index entry (so a sweep's updates are HOT)."""
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'agent_registry'"
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE tablename IN ('agent_registry', 'agent_status_events')"
         ).fetchall()
+        options = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'agent_registry'"
+        ).fetchone()
     defs = dict(rows)
-    assert "WHERE (status = 'online'::text)" in defs["agent_registry_capacity"]
-    assert "last_heartbeat_at" in defs["agent_registry_silence"]
+    assert "gpu_vram_available_gb DESC" in defs["agent_registry_capacity"]
+    assert "(last_heartbeat_at)" in defs["agent_registry_heartbeat"]
+    assert "agent_registry_silence" not in defs
+    registry = [d for name, d in defs.items() if name.startswith("agent_registry")]
+    assert not [d for d in registry if "status" in d]
+    assert "USING brin (at)" in defs["agent_status_events_at"]
+    assert options == (["fillfactor=90"],)
+
+
+async def test_a_sweep_changes_rows_in_place_and_only_in_its_slice(db_url: str) -> None:
+    """The detector's sweep: heap-only updates, one event each, only heartbeats in
+    [since, cutoff) looked at, ``updated_at`` untouched."""
+    far = datetime(2101, 1, 1, tzinfo=UTC)  # clear of every other test's agents
+    ids = [uuid.uuid4() for _ in range(4)]
+    heard = [far, far + timedelta(seconds=1), far - timedelta(seconds=30), far]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for n, (agent, at) in enumerate(zip(ids, heard, strict=True)):
+            conn.execute(
+                "INSERT INTO agent_registry (agent_id, hostname, pool_name, status,"
+                " status_changed_at, first_seen_at, last_heartbeat_at, agent_version,"
+                " updated_at) VALUES (%s, %s, 'cpu', %s, %s, %s, %s, '0.1.0', %s)",
+                (agent, f"slice-{n}", "offline" if n == 3 else "online", at, at, at, at),
+            )
+    conn2 = await store.connect(db_url, autocommit=False)
+    async with conn2:
+        marked = await store.sweep_silent(
+            conn2,
+            now=far + timedelta(seconds=90.5),
+            offline_after_s=90,
+            since=far - timedelta(seconds=10),
+        )
+        cur = await conn2.execute(
+            "SELECT pg_stat_get_xact_tuples_updated('agent_registry'::regclass),"
+            " pg_stat_get_xact_tuples_hot_updated('agent_registry'::regclass)"
+        )
+        assert await cur.fetchone() == (1, 1)  # one row, changed in place
+        await conn2.commit()
+    assert marked == 1
+    with psycopg.connect(db_url) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT hostname, status FROM agent_registry WHERE agent_id = ANY(%s)", (ids,)
+            ).fetchall()
+        )
+        events = conn.execute(
+            "SELECT agent_id, reason FROM agent_status_events WHERE agent_id = ANY(%s)", (ids,)
+        ).fetchall()
+        updated = conn.execute(
+            "SELECT updated_at FROM agent_registry WHERE agent_id = %s", (ids[0],)
+        ).fetchone()
+    # slice-1 is not silent yet; slice-2 is, but before the slice (a full sweep's job)
+    assert rows == {
+        "slice-0": "offline",
+        "slice-1": "online",
+        "slice-2": "online",
+        "slice-3": "offline",
+    }
+    assert events == [(ids[0], "silence")]
+    assert updated == (far,)
 
 
 def test_status_transitions_write_no_per_row_checks(db_url: str) -> None:

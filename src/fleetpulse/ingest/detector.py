@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Literal, Self
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, Self
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -36,6 +36,13 @@ from fleetpulse.store import (
 __all__ = ["SilenceDetector"]
 
 log = logging.getLogger(__name__)
+
+# A sweep looks only at heartbeats that crossed the threshold since the last one (and this
+# much before, at least); a full sweep, which visits every silent agent, offline ones
+# included, runs when a detector starts acting and then this often, as a safety net for a
+# heartbeat committed long after it was received (a batch retried through an outage).
+SWEEP_OVERLAP_MIN_S: Final = 10.0
+FULL_SWEEP_INTERVAL_S: Final = 300.0
 
 
 class SilenceDetector:
@@ -63,6 +70,8 @@ class SilenceDetector:
         self._edition: Edition = "apache"
         self._task: asyncio.Task[None] | None = None
         self._next_retention = 0.0
+        self._since: datetime | None = None  # None: the next sweep looks at everyone
+        self._next_full = 0.0
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="silence-detector")
@@ -84,6 +93,7 @@ class SilenceDetector:
         if self.is_leader:
             log.info("silence detector steps down")
         self.is_leader = False
+        self._since = None
         self.metrics.detector_leader.set(0)
         if conn is None:
             return
@@ -137,21 +147,13 @@ class SilenceDetector:
                     log.info("silence detector acting (advisory lock taken)")
             if not self.is_leader:
                 return 0
-            marked = 0
-            limit = self.config.sweep_limit
-            while True:
-                # A mass silence (a site losing its network) goes in bounded statements.
-                started = time.perf_counter()
-                swept = await sweep_silent(
-                    conn,
-                    now=self.clock(),
-                    offline_after_s=self.config.offline_after_s,
-                    limit=limit,
-                )
-                self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
-                marked += swept
-                if swept < limit:
-                    break
+            now = self.clock()
+            full = self._since is None or time.monotonic() >= self._next_full
+            marked = await (self._sweep_all(conn, now) if full else self._sweep_since(conn, now))
+            # The next sweep looks from this one's threshold on, less a margin for heartbeats
+            # that were received before it but committed after.
+            overlap = max(SWEEP_OVERLAP_MIN_S, 3 * self.config.offline_check_interval_s)
+            self._since = now - timedelta(seconds=self.config.offline_after_s + overlap)
             self.metrics.detector_runs.inc()
             self.runs += 1
             if marked:
@@ -159,6 +161,30 @@ class SilenceDetector:
                 self.metrics.detector_transitions.labels("offline").inc(marked)
                 log.info("silence detector marked %d agents offline", marked)
             await self._maybe_retain(conn)
+        return marked
+
+    async def _sweep_since(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
+        started = time.perf_counter()
+        swept = await sweep_silent(
+            conn, now=now, offline_after_s=self.config.offline_after_s, since=self._since
+        )
+        self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+        return swept
+
+    async def _sweep_all(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
+        """Every online agent past the threshold, in bounded statements (a mass silence, a
+        site losing its network, or the backlog a new leader finds)."""
+        marked, limit = 0, self.config.sweep_limit
+        while True:
+            started = time.perf_counter()
+            swept = await sweep_silent(
+                conn, now=now, offline_after_s=self.config.offline_after_s, limit=limit
+            )
+            self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+            marked += swept
+            if swept < limit:
+                break
+        self._next_full = time.monotonic() + FULL_SWEEP_INTERVAL_S
         return marked
 
     async def _maybe_retain(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:

@@ -18,22 +18,37 @@ __all__ = [
 # Fixed key of the session-level advisory lock only the acting detector holds.
 DETECTOR_LOCK_KEY: Final = 0x666C_7470_6C73_0001  # "fltpls" + 1
 
-# Walks the partial index agent_registry_silence (online rows by last_heartbeat_at), so a
-# sweep that finds nobody costs one index probe however large the registry. Rows a batch
-# has locked are skipped: that batch is writing a fresh heartbeat for them. The ids go
-# through an array (an InitPlan) so the UPDATE probes the primary key per agent instead of
-# hash-joining the whole registry. Each marked agent gets its ``silence`` event in the
-# same statement.
+# Both forms leave ``updated_at`` and every indexed column alone, so each row changes in place
+# (a heap-only update: no index entry, no new page); readers following the registry learn of
+# these transitions from their ``silence`` events. Each marked agent gets its event in the
+# same statement. A row a batch is writing is waited for and then re-checked: a fresh
+# heartbeat takes it out of the sweep.
+#
+# The usual form walks only the slice of agent_registry_heartbeat that crossed the threshold
+# since the previous sweep (``since``), so agents already offline are not visited again.
 _SWEEP_SQL: Final = """
 WITH silent AS (
+    UPDATE agent_registry
+       SET status = 'offline', status_changed_at = %(now)s
+     WHERE last_heartbeat_at >= %(since)s AND last_heartbeat_at < %(cutoff)s
+       AND status = 'online'
+ RETURNING agent_id
+)
+INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)
+SELECT agent_id, %(now)s, 'online', 'offline', 'silence' FROM silent
+"""
+# The full form (a new leader, and now and then as a safety net) looks at every heartbeat
+# older than the threshold, at most ``limit`` online rows per statement; the row addresses
+# go through an array so the UPDATE fetches each directly.
+_FULL_SWEEP_SQL: Final = """
+WITH silent AS (
     UPDATE agent_registry r
-       SET status = 'offline', status_changed_at = %(now)s, updated_at = now()
-     WHERE r.agent_id = ANY(ARRAY(
-            SELECT agent_id FROM agent_registry
-             WHERE status = 'online' AND last_heartbeat_at < %(cutoff)s
-             ORDER BY last_heartbeat_at
-             LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED))
+       SET status = 'offline', status_changed_at = %(now)s
+     WHERE r.ctid = ANY(ARRAY(
+            SELECT ctid FROM agent_registry
+             WHERE last_heartbeat_at < %(cutoff)s AND status = 'online'
+             LIMIT %(limit)s))
+       AND r.last_heartbeat_at < %(cutoff)s AND r.status = 'online'
  RETURNING r.agent_id
 )
 INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)
@@ -46,16 +61,23 @@ async def sweep_silent(
     *,
     now: datetime,
     offline_after_s: float,
+    since: datetime | None = None,
     limit: int = 10_000,
 ) -> int:
     """Mark online agents last heard before ``now - offline_after_s`` offline; return how many.
 
-    ``now`` is the receive-side clock (never an agent's ``sampled_at``); ``limit`` bounds
-    one statement after a long outage, the next sweep takes the rest.
+    ``now`` is the receive-side clock (never an agent's ``sampled_at``). With ``since``, only
+    agents last heard at or after it are looked at (the previous sweep's threshold, less a
+    margin); without, every one, ``limit`` at most: after a long outage the next full sweep
+    takes the rest.
     """
     cutoff = now - timedelta(seconds=offline_after_s)
     async with conn.transaction():
-        cur = await conn.execute(_SWEEP_SQL, {"now": now, "cutoff": cutoff, "limit": limit})
+        if since is None:
+            params = {"now": now, "cutoff": cutoff, "limit": limit}
+            cur = await conn.execute(_FULL_SWEEP_SQL, params)
+        else:
+            cur = await conn.execute(_SWEEP_SQL, {"now": now, "cutoff": cutoff, "since": since})
         return max(cur.rowcount, 0)
 
 

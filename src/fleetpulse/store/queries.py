@@ -26,6 +26,7 @@ __all__ = [
     "fetch_history",
     "fetch_registry",
     "fetch_reliability",
+    "fetch_silenced",
     "latest_event_id",
     "ping",
     "sql_capacity",
@@ -200,6 +201,26 @@ async def fetch_registry(
     if known is None:
         return [record_from_row(row) for row in rows]
     return [record_from_row(row) for row in rows if known(row[0]) != row[22]]
+
+
+async def fetch_silenced(conn: Conn, *, after_id: int) -> tuple[int, list[AgentRecord]]:
+    """Registry rows of agents the detector marked offline in events after ``after_id``, and
+    the id of the last such event (``after_id`` when none). A sweep leaves ``updated_at``
+    alone (its updates stay heap-only), so this is how a follower learns of it. Sweeps run
+    one at a time, so their events commit in id order."""
+    cur = await conn.execute(
+        "SELECT max(id), array_agg(DISTINCT agent_id) FROM agent_status_events"
+        " WHERE id > %s AND reason = 'silence'",
+        (after_id,),
+    )
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return after_id, []
+    last_id, agent_ids = int(row[0]), row[1]
+    cur = await conn.execute(
+        f"SELECT {REGISTRY_COLUMNS} FROM agent_registry WHERE agent_id = ANY(%s)", (agent_ids,)
+    )
+    return last_id, [record_from_row(r) for r in await cur.fetchall()]
 
 
 async def fetch_agent(conn: Conn, agent_id: uuid.UUID) -> AgentRecord | None:

@@ -43,6 +43,8 @@ from fleetpulse.store.queries import (
     AgentRecord,
     fetch_registry,
     fetch_reliability,
+    fetch_silenced,
+    latest_event_id,
     record_from_row,
 )
 
@@ -260,7 +262,8 @@ class RegistryIndex:
         return code
 
     def apply(self, records: Iterable[AgentRecord]) -> int:
-        """Insert or replace rows; returns how many changed (same ``updated_at`` = unchanged)."""
+        """Insert or replace rows; returns how many changed (a row is newer when its
+        ``updated_at``, then its ``status_changed_at``, is)."""
         changed: list[tuple[int, AgentRecord]] = []
         for record in records:
             slot = self._slots.get(record.agent_id)
@@ -271,7 +274,11 @@ class RegistryIndex:
                 self._rel_of.append(None)
             else:
                 old = self._records[slot]
-                if old is not None and old.updated_at >= record.updated_at:
+                # A sweep changes status_changed_at but not updated_at.
+                if old is not None and (old.updated_at, old.status_changed_at) >= (
+                    record.updated_at,
+                    record.status_changed_at,
+                ):
                     continue
                 self._records[slot] = record
             changed.append((slot, record))
@@ -552,7 +559,8 @@ class RegistryIndex:
 
 
 class RegistryFollower:
-    """Keeps a :class:`RegistryIndex` fresh from the database (LISTEN/NOTIFY + updated_at)."""
+    """Keeps a :class:`RegistryIndex` fresh from the database (LISTEN/NOTIFY, then rows by
+    ``updated_at`` and the agents of new ``silence`` events)."""
 
     def __init__(
         self,
@@ -577,6 +585,7 @@ class RegistryFollower:
         self.refreshes = 0
         self.last_refresh_s = 0.0
         self._watermark: datetime | None = None
+        self._silence_id = 0  # the last silence event read
         self._last_full = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._refresh_lock = asyncio.Lock()
@@ -591,7 +600,7 @@ class RegistryFollower:
                 # worker thread into a fresh index, which replaces the served one whole;
                 # requests are answered from the old one meanwhile.
                 scores = self.index._reliability
-                fresh, db_now = await asyncio.to_thread(self._read_all, scores)
+                fresh, db_now, self._silence_id = await asyncio.to_thread(self._read_all, scores)
                 latest = self.index._reliability
                 before = self.index.adopt(fresh)
                 if latest is not scores:  # pragma: no cover - rescored while the thread read
@@ -607,7 +616,10 @@ class RegistryFollower:
                     rows = await fetch_registry(
                         conn, updated_after=self._watermark, known=self.index.updated_at
                     )
-                    changed = self.index.apply(rows)
+                    self._silence_id, silenced = await fetch_silenced(
+                        conn, after_id=self._silence_id
+                    )
+                    changed = self.index.apply(rows + silenced)
             # Rows carry their transaction's start time: a transaction that began before
             # this read but commits after it must still be seen next time, so the next read
             # starts ``overlap`` before this one (rows already held are skipped undecoded).
@@ -617,27 +629,29 @@ class RegistryFollower:
             self.last_refresh_s = time.perf_counter() - started
             return changed
 
-    def _read_all(self, scores: Mapping[uuid.UUID, float]) -> tuple[RegistryIndex, datetime]:
-        """(In a worker thread, on its own connection.) The whole registry, indexed and sorted."""
+    def _read_all(self, scores: Mapping[uuid.UUID, float]) -> tuple[RegistryIndex, datetime, int]:
+        """(In a worker thread, on its own connection.) The whole registry, indexed and sorted,
+        the database's clock and the last event id, both read before it."""
 
-        async def read() -> tuple[list[AgentRecord], datetime]:
+        async def read() -> tuple[list[AgentRecord], datetime, int]:
             conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
             async with conn:
                 db_now = await _db_now(conn)  # before the read: the watermark must not pass it
+                events = await latest_event_id(conn)  # so must the silence events
                 # fetch_registry's fetchall converts every row in one C call that holds the
                 # GIL (2.5 s at 100k agents); in chunks, the event loop gets a turn between.
                 cur = await conn.execute(f"SELECT {REGISTRY_COLUMNS} FROM agent_registry")
                 records: list[AgentRecord] = []
                 while rows := await cur.fetchmany(READ_CHUNK):
                     records += [record_from_row(row) for row in rows]
-                return records, db_now
+                return records, db_now, events
 
-        rows, db_now = asyncio.run(read())
+        rows, db_now, events = asyncio.run(read())
         fresh = RegistryIndex(initial_slots=max(1024, len(rows)))
         fresh.set_reliability(scores)
         fresh.apply(rows)
         fresh._ensure_order()
-        return fresh, db_now
+        return fresh, db_now, events
 
     async def refresh_reliability(self) -> None:
         async with self.db.connection() as conn:

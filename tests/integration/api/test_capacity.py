@@ -353,3 +353,37 @@ def test_store_registry_read_skips_malformed_jsonb(conn) -> None:
 
 
 _ = psycopg
+
+
+async def test_an_incremental_read_learns_of_a_sweep_from_its_silence_events(
+    db_url: str,
+) -> None:
+    """A sweep leaves updated_at alone (its updates are heap-only): the follower must still
+    drop the agent from capacity answers at its next read."""
+    far = datetime(2102, 1, 1, tzinfo=UTC)  # a slice of heartbeats no other test uses
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        agent = seed_agent(conn, hostname="swept-1", gpus=(GpuSeed(24, 20),))
+        conn.execute(
+            "UPDATE agent_registry SET last_heartbeat_at = %s WHERE agent_id = %s", (far, agent)
+        )
+    async with store.Database(DatabaseSettings(url=db_url)) as db:
+        index = store.RegistryIndex()
+        follower = store.RegistryFollower(db, index)
+        await follower.refresh(full=True)
+        wanted = store.CapacityFilter(min_gpu_vram_gb=19, limit=1000)
+        assert agent in {m.record.agent_id for m in index.query(wanted)}
+        async with db.connection() as conn:
+            marked = await store.sweep_silent(
+                conn,
+                now=far + timedelta(seconds=91),
+                offline_after_s=90,
+                since=far - timedelta(seconds=1),
+            )
+        assert marked == 1
+        assert await follower.refresh() >= 1
+        record = index.get(agent)
+        assert record is not None
+        assert record.status == "offline"
+        assert record.status_changed_at == far + timedelta(seconds=91)
+        assert agent not in {m.record.agent_id for m in index.query(wanted)}
+        assert await follower.refresh() == 0  # the event is read once
