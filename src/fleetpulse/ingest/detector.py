@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 # included, runs when a detector starts acting and then this often, as a safety net for a
 # heartbeat committed long after it was received (a batch retried through an outage).
 SWEEP_OVERLAP_MIN_S: Final = 10.0
+# What PostgreSQL raises when it rolls a transaction back to break a tie (class 40).
+_ROLLED_BACK: Final = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.TransactionRollback,
+)
 FULL_SWEEP_INTERVAL_S: Final = 300.0
 
 
@@ -149,7 +155,16 @@ class SilenceDetector:
                 return 0
             now = self.clock()
             full = self._since is None or time.monotonic() >= self._next_full
-            marked = await (self._sweep_all(conn, now) if full else self._sweep_since(conn, now))
+            try:
+                marked = await (
+                    self._sweep_all(conn, now) if full else self._sweep_since(conn, now)
+                )
+            except _ROLLED_BACK as exc:
+                # A batch was writing some of these rows (heartbeats back just as the agents
+                # went silent) and PostgreSQL broke a deadlock by rolling the sweep back. The
+                # batch goes on; this sweep's slice is looked at again next tick, still here.
+                log.warning("silence sweep rolled back (%s); next tick retries it", exc)
+                return 0
             # The next sweep looks from this one's threshold on, less a margin for heartbeats
             # that were received before it but committed after.
             overlap = max(SWEEP_OVERLAP_MIN_S, 3 * self.config.offline_check_interval_s)

@@ -15,7 +15,12 @@ import pytest
 from psycopg import sql
 
 from fleetpulse.config import AmqpSettings
-from fleetpulse.ingest import create_agent_credentials, declare_topology
+from fleetpulse.ingest import (
+    IngestMetrics,
+    SilenceDetector,
+    create_agent_credentials,
+    declare_topology,
+)
 from fleetpulse.messages import DEAD_LETTER_QUEUE, INGEST_QUEUE
 from tests.fixtures.ingest import (
     T0,
@@ -341,7 +346,6 @@ async def test_topology_falls_back_to_an_existing_classic_queue(
 
 
 async def test_retention_drops_old_chunks_from_the_detector(db_url: str, amqp_url: str) -> None:
-    from fleetpulse.ingest import IngestMetrics, SilenceDetector
 
     old = T0 - timedelta(days=400)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -427,3 +431,59 @@ async def test_batch_stuck_behind_a_lock_times_out_and_is_retried(
     assert query(db_url, "SELECT count(*), count(DISTINCT seq) FROM agent_samples") == [(6, 6)]
     assert scalar(db_url, "SELECT last_seq FROM agent_registry") == 6
     assert await queue_messages(amqp_url, INGEST_QUEUE) == 0
+
+
+async def test_a_sweep_deadlocked_with_a_writer_keeps_the_lead_and_retries_its_rows(
+    db_url: str, amqp_url: str
+) -> None:
+    """The sweep waits for rows a batch holds (it no longer skips them); when that crosses
+    with the batch's own order, PostgreSQL rolls the sweep back: the detector keeps acting
+    and the next tick marks the agents."""
+    clock = FakeClock()
+    heard = clock.now - timedelta(seconds=100)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for n, agent in enumerate((first, second)):  # in this physical order
+            conn.execute(
+                "INSERT INTO agent_registry (agent_id, hostname, pool_name, status,"
+                " status_changed_at, first_seen_at, last_heartbeat_at, agent_version)"
+                " VALUES (%s, %s, 'cpu', 'online', %s, %s, %s, '0.1.0')",
+                (agent, f"crossed-{n}", heard, heard, heard),
+            )
+    detector = SilenceDetector(settings_for(db_url, amqp_url), metrics=IngestMetrics(), clock=clock)
+    writer = psycopg.connect(db_url)
+    try:
+        writer.execute("UPDATE agent_registry SET cpu_load_1m = 1 WHERE agent_id = %s", (second,))
+        sweep = asyncio.create_task(detector.tick())  # takes `first`, then waits for `second`
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        await wait_until(lambda: scalar(db_url, waiting) == 1, what="the sweep waiting")
+
+        def cross() -> None:  # waits for `first`, held by the sweep: a deadlock
+            writer.execute(
+                "UPDATE agent_registry SET cpu_load_1m = 1 WHERE agent_id = %s", (first,)
+            )
+            writer.commit()
+
+        crossing = asyncio.create_task(asyncio.to_thread(cross))
+        assert await sweep == 0  # the sweep was the one rolled back
+        await crossing  # and the writer went on
+        assert detector.is_leader
+        assert query(
+            db_url,
+            "SELECT count(*) FROM agent_status_events WHERE agent_id = ANY(%s)",
+            [first, second],
+        ) == [(0,)]
+        assert await detector.tick() >= 2
+    finally:
+        writer.close()
+        await detector.close()
+    rows = query(
+        db_url,
+        "SELECT hostname, status, cpu_load_1m FROM agent_registry WHERE agent_id = ANY(%s)"
+        " ORDER BY hostname",
+        [first, second],
+    )
+    assert rows == [("crossed-0", "offline", 1.0), ("crossed-1", "offline", 1.0)]
