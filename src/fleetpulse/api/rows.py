@@ -24,6 +24,7 @@ _NEXT: Final = b',{"sample_age_s":'
 _GPUS: Final = b',"matching_gpus":'
 _NULL: Final = b"null"
 MAX_LISTS: Final = 1024  # answers whose pieces are kept
+MAX_LIST_ROWS: Final = 20_000  # rows in them, at most
 
 
 class RowCache:
@@ -41,6 +42,7 @@ class RowCache:
         self._as_of: tuple[datetime | None, bytes] = (None, b"")
         # id(matches) -> (the list, its pieces, its rows' sample times)
         self._lists: dict[int, tuple[list[CapacityMatch], list[bytes], list[float | None]]] = {}
+        self._list_rows = 0
 
     def _entry(self, match: CapacityMatch) -> tuple[AgentRecord, float | None, bytes, float | None]:
         record, reliability = match.record, match.reliability_30d
@@ -105,10 +107,13 @@ class RowCache:
             return b'{"items":[' + tail
         cached = self._lists.get(id(matches))
         if cached is None or cached[0] is not matches:  # (held: an id is not reused meanwhile)
-            if len(self._lists) >= MAX_LISTS:
+            # Bounded in lists and in rows: a list keeps its records, replaced ones included.
+            if len(self._lists) >= MAX_LISTS or self._list_rows + len(matches) > MAX_LIST_ROWS:
                 self._lists.clear()
+                self._list_rows = 0
             pieces, ats = self._pieces(matches)
             cached = self._lists[id(matches)] = (matches, pieces, ats)
+            self._list_rows += len(matches)
         pieces, ats = cached[1], cached[2]
         parts: list[bytes] = [b""] * (2 * len(pieces))
         parts[0::2] = pieces

@@ -67,6 +67,7 @@ TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
 STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
 MEMO_ENTRIES: Final = 512  # distinct queries remembered between two changes of the index
+MEMO_ROWS: Final = 100_000  # rows in their answers, at most
 _NO_CODE: Final = -1
 _MIXED: Final = -2
 _BYTES_OF_ID: Final = 64
@@ -176,10 +177,11 @@ class _Memo:
     """Answers given since the index last changed: query -> (matches, asked at, oldest sample
     among them)."""
 
-    __slots__ = ("answers", "version")
+    __slots__ = ("answers", "rows", "version")
 
     def __init__(self, version: int) -> None:
         self.version = version
+        self.rows = 0
         self.answers: dict[CapacityFilter, tuple[list[CapacityMatch], float, float]] = {}
 
 
@@ -411,8 +413,10 @@ class RegistryIndex:
             ):
                 return matches
         matches = self._search(query, clock)
-        if len(memo.answers) >= MEMO_ENTRIES:
+        if len(memo.answers) >= MEMO_ENTRIES or memo.rows + len(matches) > MEMO_ROWS:
             memo.answers.clear()
+            memo.rows = 0
+        memo.rows += len(matches)
         oldest = math.inf
         if query.max_sample_age_s is not None and matches:
             sampled = self._sampled

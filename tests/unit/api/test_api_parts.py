@@ -223,3 +223,11 @@ def test_a_list_served_again_keeps_its_rows_and_recomputes_its_ages(
     for n in range(3):  # more lists than kept: the first is built again, to the same bytes
         cache.capacity_list([matches[n % 2]], as_of=NOW, now=NOW.timestamp())
     assert cache.capacity_list(matches, as_of=NOW, now=NOW.timestamp() + 7.5) == body
+    monkeypatch.setattr("fleetpulse.api.rows.MAX_LISTS", 100)
+    monkeypatch.setattr("fleetpulse.api.rows.MAX_LIST_ROWS", 3)  # and more rows than kept
+    lists = [[matches[0]], [matches[1]], list(matches)]
+    for listed in lists:
+        cache.capacity_list(listed, as_of=NOW, now=NOW.timestamp())
+    assert cache._list_rows <= 3
+    assert all(len(held[0]) for held in cache._lists.values())
+    assert cache.capacity_list(lists[0], as_of=NOW, now=NOW.timestamp()).startswith(GOLDEN_ROW[:10])

@@ -290,6 +290,15 @@ def test_a_memo_with_a_freshness_bound_serves_only_while_every_row_is_still_fres
     assert [m.record.hostname for m in index.query(query, CLOCK)] == ["young", "older"]
 
 
+def test_the_memo_is_bounded_in_rows_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleetpulse.store.registry_index.MEMO_ROWS", 4)
+    index = seed_fleet()
+    everyone = index.query(CapacityFilter(), CLOCK)  # 3 rows
+    assert index.query(CapacityFilter(), CLOCK) is everyone
+    assert len(index.query(CapacityFilter(min_cpu_cores=8), CLOCK)) == 2  # 5 rows: cleared
+    assert index.query(CapacityFilter(), CLOCK) is not everyone
+
+
 def test_the_memo_is_bounded() -> None:
     index = seed_fleet()
     first = index.query(CapacityFilter(limit=1), CLOCK)
