@@ -37,17 +37,20 @@ PG_MIN_CONNECTIONS=200
 # shared_buffers as timescaledb-tune (and so the TimescaleDB image) would size it: a quarter of the memory,
 # here capped at 2 GiB. With Debian's 128 MB a million-row registry does not fit, and every sweep or batch
 # evicts dirty pages itself (a WAL flush each). In 8 kB pages, as pg_settings and `postgres -C` report it.
-PG_MEM_KB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+meminfo() { awk -v k="$1:" '$1 == k {print $2}' /proc/meminfo 2>/dev/null || echo 0; }  # a field, in kB or pages
+PG_MEM_KB=$(meminfo MemTotal)
 PG_WANT_BUFFERS=$(( PG_MEM_KB / 4 / 8 ))
 (( PG_WANT_BUFFERS <= 262144 )) || PG_WANT_BUFFERS=262144
 (( PG_WANT_BUFFERS >= 16384 )) || PG_WANT_BUFFERS=16384
 # Huge pages for that shared memory (FLEETPULSE_HUGE_PAGES=0: leave the kernel's setting alone). On a VM a
 # page-table walk per buffer touched costs more than the work: the silence sweep at a million agents took
-# twice as long on 4 kB pages here. Reserved with vm.nr_hugepages (root only; also written to sysctl.d), and
+# 100 ms on 4 kB pages here against 77 ms on huge pages. Reserved with vm.nr_hugepages (root only; also written to sysctl.d), and
 # used by PostgreSQL's default huge_pages=try, which falls back to normal pages when there are too few.
 PG_WANT_HUGE=$(( PG_WANT_BUFFERS * 8 / 2048 * 11 / 10 + 64 ))   # 2 MB pages: buffers + 10 % + the rest
 HUGE_SYSCTL=/etc/sysctl.d/60-fleetpulse-hugepages.conf
 HUGE_UNAVAILABLE=/run/fleetpulse-hugepages-unavailable
+TOOL_PKGS=(prometheus docker-compose curl wrk)        # Debian packages of the tools
+TOOL_CMDS=(prometheus promtool docker-compose curl wrk)  # and the commands they must provide
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONF_DIR=/etc/postgresql/$PG_MAJOR/main
 PG_DROPIN=$PG_CONF_DIR/conf.d/95-fleetpulse.conf
@@ -169,14 +172,14 @@ probe_postgresql() {
     return 0
 }
 
-# meminfo field
-meminfo() { awk -v k="$1:" '$1 == k {print $2}' /proc/meminfo 2>/dev/null || echo 0; }
 # 0 when there is nothing (more) to do about huge pages: not wanted, cannot be changed by us, tried and
 # unavailable, or some in use (PostgreSQL is the only big user of shared memory on such a box).
+# 0 when huge pages are ours to arrange: wanted, settable, not found unavailable since boot.
+huge_pages_ours() {
+    [[ ${FLEETPULSE_HUGE_PAGES:-1} != 0 && -w /proc/sys/vm/nr_hugepages && ! -e $HUGE_UNAVAILABLE ]]
+}
 huge_pages_settled() {
-    [[ ${FLEETPULSE_HUGE_PAGES:-1} == 0 ]] && return 0
-    [[ -w /proc/sys/vm/nr_hugepages && -e /proc/meminfo ]] || return 0
-    [[ -e $HUGE_UNAVAILABLE ]] && return 0
+    huge_pages_ours || return 0
     local total free rsvd
     total=$(meminfo HugePages_Total) free=$(meminfo HugePages_Free) rsvd=$(meminfo HugePages_Rsvd)
     (( total - free + rsvd > 0 ))
@@ -185,8 +188,7 @@ huge_pages_settled() {
 # (then they are handed back and not asked for again until the next boot).
 reserve_huge_pages() {
     HUGE_ACTION=""
-    [[ ${FLEETPULSE_HUGE_PAGES:-1} == 0 || ! -w /proc/sys/vm/nr_hugepages ]] && return 0
-    [[ -e $HUGE_UNAVAILABLE ]] && return 0
+    huge_pages_ours || return 0
     local have
     have=$(cat /proc/sys/vm/nr_hugepages)
     (( have >= PG_WANT_HUGE )) && return 0
@@ -232,10 +234,10 @@ prometheus_service_enabled() {
 TOOLS_INFO=""
 probe_tools() {
     local t
-    for t in prometheus promtool docker-compose curl wrk; do have "$t" || return 1; done
+    for t in "${TOOL_CMDS[@]}"; do have "$t" || return 1; done
     [[ -z $(debian_prometheus_pids) ]] || return 1
     prometheus_service_enabled && return 1
-    TOOLS_INFO=$(dpkg-query -W -f='${Package} ${Version}, ' prometheus docker-compose curl wrk 2>/dev/null) || TOOLS_INFO=""
+    TOOLS_INFO=$(dpkg-query -W -f='${Package} ${Version}, ' "${TOOL_PKGS[@]}" 2>/dev/null) || TOOLS_INFO=""
     TOOLS_INFO="${TOOLS_INFO%, }"
     return 0
 }
@@ -638,17 +640,17 @@ stop_debian_prometheus() { # the package's postinst may have enabled/started it;
 
 ensure_tools() {
     SVC=tools
-    HINT="apt-get install --no-install-recommends prometheus docker-compose curl wrk; systemctl disable --now prometheus"
+    HINT="apt-get install --no-install-recommends ${TOOL_PKGS[*]}; systemctl disable --now prometheus"
     local actions=() p
-    for p in prometheus docker-compose curl wrk; do
+    for p in "${TOOL_PKGS[@]}"; do
         [[ " ${INSTALLED[*]} " == *" $p "* ]] && actions+=("installed $p")
     done
-    for p in prometheus promtool docker-compose curl wrk; do
-        have "$p" || fail "$p is missing" "apt-get install --no-install-recommends prometheus docker-compose curl wrk"
+    for p in "${TOOL_CMDS[@]}"; do
+        have "$p" || fail "$p is missing" "apt-get install --no-install-recommends ${TOOL_PKGS[*]}"
     done
     stop_debian_prometheus
     [[ -n $PROM_ACTION ]] && actions+=("$PROM_ACTION the Debian prometheus service (tests start their own)")
-    probe_tools || fail "prometheus/promtool/docker-compose/curl/wrk check failed" "see the log"
+    probe_tools || fail "tools check failed (${TOOL_CMDS[*]})" "see the log"
     if (( ${#actions[@]} )); then
         echo "tools: $(join_actions "${actions[@]}"); have $TOOLS_INFO (with promtool)"
     else
@@ -672,7 +674,7 @@ main() {
     local notready=()
     (( pg_ok )) || notready+=("postgresql (${PG_PROBLEM:-nothing answers psql -h $PG_HOST -p $PG_PORT -U postgres})")
     (( rmq_ok )) || notready+=("rabbitmq ($RMQ_API_URL does not answer)")
-    (( tools_ok )) || notready+=("tools (prometheus/promtool/docker-compose/curl/wrk missing or Debian prometheus service enabled)")
+    (( tools_ok )) || notready+=("tools (one of ${TOOL_CMDS[*]} missing or Debian prometheus service enabled)")
     log "not ready: ${notready[*]}"
     NOT_READY=$(join_actions "${notready[@]}")
     become_root "$@"
@@ -690,7 +692,7 @@ main() {
         fi
     fi
     (( rmq_ok )) || pkgs+=(rabbitmq-server curl)
-    (( tools_ok )) || pkgs+=(prometheus docker-compose curl wrk)
+    (( tools_ok )) || pkgs+=("${TOOL_PKGS[@]}")
     if (( ${#pkgs[@]} )); then
         local missing=()
         for p in "${pkgs[@]}"; do pkg_installed "$p" || missing+=("$p"); done

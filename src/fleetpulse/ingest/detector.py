@@ -42,13 +42,13 @@ log = logging.getLogger(__name__)
 # included, runs when a detector starts acting and then this often, as a safety net for a
 # heartbeat committed long after it was received (a batch retried through an outage).
 SWEEP_OVERLAP_MIN_S: Final = 10.0
+FULL_SWEEP_INTERVAL_S: Final = 300.0
 # What PostgreSQL raises when it rolls a transaction back to break a tie (class 40).
 _ROLLED_BACK: Final = (
     psycopg.errors.DeadlockDetected,
     psycopg.errors.SerializationFailure,
     psycopg.errors.TransactionRollback,
 )
-FULL_SWEEP_INTERVAL_S: Final = 300.0
 
 
 class SilenceDetector:
@@ -178,26 +178,35 @@ class SilenceDetector:
             await self._maybe_retain(conn)
         return marked
 
-    async def _sweep_since(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
+    async def _timed_sweep(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        now: datetime,
+        *,
+        since: datetime | None = None,
+    ) -> int:
         started = time.perf_counter()
         swept = await sweep_silent(
-            conn, now=now, offline_after_s=self.config.offline_after_s, since=self._since
+            conn,
+            now=now,
+            offline_after_s=self.config.offline_after_s,
+            since=since,
+            limit=self.config.sweep_limit,
         )
         self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
         return swept
 
+    async def _sweep_since(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
+        return await self._timed_sweep(conn, now, since=self._since)
+
     async def _sweep_all(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
         """Every online agent past the threshold, in bounded statements (a mass silence, a
         site losing its network, or the backlog a new leader finds)."""
-        marked, limit = 0, self.config.sweep_limit
+        marked = 0
         while True:
-            started = time.perf_counter()
-            swept = await sweep_silent(
-                conn, now=now, offline_after_s=self.config.offline_after_s, limit=limit
-            )
-            self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
+            swept = await self._timed_sweep(conn, now)
             marked += swept
-            if swept < limit:
+            if swept < self.config.sweep_limit:
                 break
         self._next_full = time.monotonic() + FULL_SWEEP_INTERVAL_S
         return marked

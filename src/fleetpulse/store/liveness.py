@@ -73,11 +73,8 @@ async def sweep_silent(
     """
     cutoff = now - timedelta(seconds=offline_after_s)
     async with conn.transaction():
-        if since is None:
-            params = {"now": now, "cutoff": cutoff, "limit": limit}
-            cur = await conn.execute(_FULL_SWEEP_SQL, params)
-        else:
-            cur = await conn.execute(_SWEEP_SQL, {"now": now, "cutoff": cutoff, "since": since})
+        params = {"now": now, "cutoff": cutoff, "since": since, "limit": limit}
+        cur = await conn.execute(_FULL_SWEEP_SQL if since is None else _SWEEP_SQL, params)
         return max(cur.rowcount, 0)
 
 
