@@ -1,14 +1,9 @@
-"""Event subscriptions (bounded, closable) and the errors → HTTP mapping, without I/O."""
+"""Event subscriptions: bounded, batched, closable, without I/O."""
 
 from __future__ import annotations
 
 import uuid
 
-import msgspec
-from litestar.testing import RequestFactory
-
-from fleetpulse.api.errors import EXCEPTION_HANDLERS
-from fleetpulse.errors import NotFound, ServiceUnavailable, StoreError
 from fleetpulse.store import EventSubscription, StatusEvent
 from tests.unit.api.records import NOW
 
@@ -44,23 +39,3 @@ async def test_subscription_falling_too_far_behind_is_closed() -> None:
     assert await sub.next_batch(1.0) is None
     sub.push([event(4)])  # ignored once closed
     assert await sub.next_batch(0.01) is None
-
-
-def test_domain_errors_map_to_one_error_shape() -> None:
-    request = RequestFactory().get("/api/v1/agents")
-    cases = [
-        (NotFound("no agent x"), 404),
-        (ServiceUnavailable("database", "postgresql://db", "refused", "start it"), 503),
-        (StoreError("refused"), 500),
-        (RuntimeError("boom"), 500),
-    ]
-    for exc, status in cases:
-        handler = next(
-            h for t, h in EXCEPTION_HANDLERS.items() if isinstance(t, type) and isinstance(exc, t)
-        )
-        response = handler(request, exc)  # type: ignore[arg-type, operator]
-        assert response.status_code == status
-        body = msgspec.to_builtins(response.content)
-        assert body["status_code"] == status
-        assert body["detail"]
-        assert "boom" not in body["detail"]

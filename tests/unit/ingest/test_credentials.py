@@ -1,59 +1,17 @@
+"""Agent broker credentials: permissions and the management API calls."""
+
 from __future__ import annotations
 
 import io
 import json
-import random
 import re
 
 import httpx
 import pytest
-from prometheus_client import generate_latest
 
 from fleetpulse.config import AmqpSettings, Settings
 from fleetpulse.errors import ServiceUnavailable
-from fleetpulse.ingest import Backoff, IngestMetrics, agent_permissions, create_agent_credentials
-
-
-async def test_backoff_is_capped_jittered_and_resettable() -> None:
-    slept: list[float] = []
-
-    async def sleep(s: float) -> None:
-        slept.append(s)
-
-    backoff = Backoff(0.1, 1.0, sleep=sleep, rng=random.Random(7))
-    for _ in range(10):
-        await backoff.wait()
-    assert all(0 <= s <= 1.0 for s in slept)
-    assert max(slept[:1]) <= 0.1
-    assert len(set(slept)) == len(slept)  # jittered, not lock-step
-    backoff.reset()
-    assert backoff.attempt == 0
-    assert backoff.next_delay() <= 0.1
-
-
-def test_metric_names_match_the_dashboard_contract() -> None:
-    metrics = IngestMetrics()
-    text = generate_latest(metrics.registry).decode()
-    for name in (
-        'fleetpulse_ingest_messages_total{result="stored"}',
-        'fleetpulse_ingest_messages_total{result="unauthorised"}',
-        "fleetpulse_ingest_batch_size_bucket",
-        "fleetpulse_ingest_commit_seconds_bucket",
-        "fleetpulse_ingest_lag_seconds_bucket",
-        "fleetpulse_ingest_queue_depth",
-        "fleetpulse_ingest_db_retries_total",
-        "fleetpulse_detector_runs_total",
-        'fleetpulse_detector_transitions_total{to_status="offline"}',
-        "fleetpulse_detector_leader",
-        "fleetpulse_detector_sweep_seconds_bucket",
-    ):
-        assert name in text, name
-    metrics.dead_letters.labels("malformed").inc()
-    assert (
-        'fleetpulse_ingest_dead_letters_total{reason="malformed"} 1.0'
-        in generate_latest(metrics.registry).decode()
-    )
-    IngestMetrics()  # a second registry in one process does not collide
+from fleetpulse.ingest import agent_permissions, create_agent_credentials
 
 
 def test_agent_permissions_restrict_routing_keys_to_the_agent() -> None:

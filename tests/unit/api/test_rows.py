@@ -1,61 +1,16 @@
-"""Pure parts of the API: metrics rendering, auth compare, row splicing, buckets, the table."""
+"""The row cache: spliced capacity rows, reuse rules and the pinned answer bytes."""
 
 from __future__ import annotations
 
-import io
 from datetime import timedelta
 
 import msgspec
 import pytest
-from rich.console import Console
 
-from fleetpulse.api.auth import token_matches
-from fleetpulse.api.metrics import GIB, render_fleet
-from fleetpulse.api.routes.agents import _auto_bucket, parse_bucket
 from fleetpulse.api.rows import RowCache
 from fleetpulse.api.schemas import CapacityList, capacity_of
-from fleetpulse.api.status import fleet_table, pool_summary
 from fleetpulse.store import AgentRecord, CapacityFilter, CapacityMatch, RegistryIndex
 from tests.unit.api.records import NOW, gpu, record
-
-
-def test_render_fleet_totals_escaping_and_cap() -> None:
-    rows = [
-        record(
-            'we"ird\\host',
-            gpus=(gpu(0, 10.0), gpu(1, 2.0, error="Xid")),
-            cores=8,
-            gpu_probe_failures_total=2,
-            spool_dropped_total=0,
-        ),
-        record("b", gpus=(gpu(0, 4.0),), cores=4),
-        record("c", status="offline", pool="cpu"),
-    ]
-    text, omitted = render_fleet(rows, now=NOW.timestamp() + 3, per_agent_limit=2)
-    lines = text.decode().splitlines()
-    assert 'fleetpulse_agents{pool="render",status="online"} 2' in lines
-    assert 'fleetpulse_agents{pool="cpu",status="offline"} 1' in lines
-    assert 'fleetpulse_agents{pool="cpu",status="online"} 0' in lines
-    assert (
-        f'fleetpulse_capacity_gpu_vram_free_bytes{{pool="render",gpu_type="RTX"}} {int(14 * GIB)}'
-        in lines
-    )
-    assert 'fleetpulse_capacity_gpus{pool="render",gpu_type="RTX"} 2' in lines
-    assert 'fleetpulse_capacity_cpu_available_cores{pool="render"} 12' in lines
-    assert omitted == 1
-    assert "fleetpulse_metrics_agents_omitted 1" in lines
-    assert sum(1 for line in lines if line.startswith("fleetpulse_agent_up{")) == 2
-    assert any('hostname="we\\"ird\\\\host"' in line for line in lines)
-    assert any(
-        line.startswith("fleetpulse_agent_heartbeat_age_seconds{") and line.endswith(" 3")
-        for line in lines
-    )
-
-
-def test_token_compare_checks_every_token() -> None:
-    assert token_matches(b"b", [b"a", b"b"])
-    assert not token_matches(b"c", [b"a", b"b"])
-    assert not token_matches(b"", [])
 
 
 def test_spliced_rows_equal_the_struct_encoding() -> None:
@@ -71,56 +26,6 @@ def test_spliced_rows_equal_the_struct_encoding() -> None:
         assert decoded == expected
     assert decoded.items[0].sample_age_s == 11.0
     assert decoded.items[1].sample_age_s is None
-
-
-def test_bucket_parsing_and_automatic_width() -> None:
-    assert parse_bucket("90") == timedelta(seconds=90)
-    assert parse_bucket("5m") == timedelta(minutes=5)
-    assert parse_bucket("2h") == timedelta(hours=2)
-    assert parse_bucket("1d") == timedelta(days=1)
-    assert _auto_bucket(timedelta(hours=1), 10_000) == timedelta(seconds=10)
-    assert _auto_bucket(timedelta(days=30), 10_000) == timedelta(hours=3)
-    assert _auto_bucket(timedelta(days=3650), 10_000) == timedelta(seconds=876_000)
-
-
-def test_fleet_table_online_first_and_pool_summary() -> None:
-    rows = [
-        {
-            "hostname": "off",
-            "pool_name": "cpu",
-            "status": "offline",
-            "sample_age_s": None,
-            "cpu_available_cores": 8,
-            "cpu_cores": 8,
-            "mem_available_gb": 1.0,
-            "mem_total_gb": 2.0,
-            "gpu_type": "none",
-            "gpu_count": 0,
-            "gpu_vram_available_gb": 0.0,
-            "reliability_30d": None,
-        },
-        {
-            "hostname": "on",
-            "pool_name": "gpu",
-            "status": "online",
-            "sample_age_s": 3.2,
-            "cpu_available_cores": 2,
-            "cpu_cores": 8,
-            "mem_available_gb": 1.0,
-            "mem_total_gb": 2.0,
-            "gpu_type": "L4",
-            "gpu_count": 1,
-            "gpu_vram_available_gb": 20.0,
-            "reliability_30d": 0.995,
-        },
-    ]
-    out = io.StringIO()
-    Console(file=out, width=160).print(fleet_table(rows))
-    text = out.getvalue()
-    assert text.index("on ") < text.index("off")
-    assert "99.5%" in text
-    assert pool_summary(rows) == "pools: cpu 0/1 online, gpu 1/1 online"
-    assert pool_summary([]) == "pools: none"
 
 
 def test_row_cache_reuses_rows_only_while_record_and_reliability_hold(
@@ -192,17 +97,6 @@ def test_capacity_answer_bytes_are_pinned() -> None:
     assert sampled_only == first_row + b'],"count":1,"as_of":"2026-11-24T04:00:00Z"}'
     empty = cache.capacity_list([], as_of=NOW, now=NOW.timestamp())
     assert empty == b'{"items":[],"count":0,"as_of":"2026-11-24T04:00:00Z"}'
-
-
-def test_per_agent_series_follow_agent_id_order() -> None:
-    rows = [record(f"host{n}") for n in range(20)]
-    text, _ = render_fleet(rows, now=NOW.timestamp(), per_agent_limit=20)
-    ids = [
-        line.split('agent_id="')[1].split('"')[0]
-        for line in text.decode().splitlines()
-        if line.startswith("fleetpulse_agent_up{")
-    ]
-    assert ids == [str(r.agent_id) for r in sorted(rows, key=lambda r: r.agent_id)]
 
 
 def test_a_list_served_again_keeps_its_rows_and_recomputes_its_ages(

@@ -1,0 +1,29 @@
+"""The fake clock other tests drive time with."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleetpulse.agent import (
+    FakeClock,
+)
+
+
+async def test_fake_clock_wakes_sleepers_only_at_their_deadline() -> None:
+    clock = FakeClock()
+    woke: list[float] = []
+
+    async def sleeper(at: float) -> None:
+        await clock.sleep_until(at)
+        woke.append(at)
+
+    tasks = [asyncio.create_task(sleeper(1001.0)), asyncio.create_task(sleeper(1002.0))]
+    await asyncio.sleep(0)
+    assert clock.sleepers == 2
+    await clock.advance(1.0)
+    await asyncio.sleep(0)
+    assert woke == [1001.0]
+    await clock.advance(1.0)
+    await asyncio.gather(*tasks)
+    assert woke == [1001.0, 1002.0]
+    assert (clock.now() - FakeClock().now()).total_seconds() == 2.0
