@@ -8,59 +8,69 @@ public so other components' tests can drive real heartbeats through the broker.
 
 from __future__ import annotations
 
-from fleetpulse.agent.backoff import Backoff
-from fleetpulse.agent.clock import Clock, SystemClock
-from fleetpulse.agent.collectors import Collector, Contribution, HostCollector, HostReading
-from fleetpulse.agent.entry import run_agent, run_simulate
-from fleetpulse.agent.fakes import FailingCollector, FakeClock, FakeGpuCollector, FakeHostCollector
-from fleetpulse.agent.gpu import GpuCollector
-from fleetpulse.agent.heartbeat import (
-    Identity,
-    build_goodbye,
-    build_heartbeat,
-    resource_metrics,
-    restamp,
-)
-from fleetpulse.agent.profiles import PROFILES, Machine, Profile, build_fleet
-from fleetpulse.agent.publisher import CONNECTION_EXCEPTIONS, Publisher
-from fleetpulse.agent.runner import Agent, default_collectors
-from fleetpulse.agent.simulate import Simulator
-from fleetpulse.agent.spool import MemorySpool, Spool, SpoolEntry, SqliteSpool
-from fleetpulse.agent.state import StateDir, resolve_identity
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "CONNECTION_EXCEPTIONS",
-    "PROFILES",
-    "Agent",
-    "Backoff",
-    "Clock",
-    "Collector",
-    "Contribution",
-    "FailingCollector",
-    "FakeClock",
-    "FakeGpuCollector",
-    "FakeHostCollector",
-    "GpuCollector",
-    "HostCollector",
-    "HostReading",
-    "Identity",
-    "Machine",
-    "MemorySpool",
-    "Profile",
-    "Publisher",
-    "Simulator",
-    "Spool",
-    "SpoolEntry",
-    "SqliteSpool",
-    "StateDir",
-    "SystemClock",
-    "build_fleet",
-    "build_goodbye",
-    "build_heartbeat",
-    "default_collectors",
-    "resolve_identity",
-    "resource_metrics",
-    "restamp",
-    "run_agent",
-    "run_simulate",
-]
+if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.agent.backoff import Backoff as Backoff
+    from fleetpulse.agent.clock import Clock as Clock, SystemClock as SystemClock
+    from fleetpulse.agent.collectors import (
+        Collector as Collector,
+        Contribution as Contribution,
+        HostCollector as HostCollector,
+        HostReading as HostReading,
+    )
+    from fleetpulse.agent.entry import run_agent as run_agent, run_simulate as run_simulate
+    from fleetpulse.agent.fakes import (
+        FailingCollector as FailingCollector,
+        FakeClock as FakeClock,
+        FakeGpuCollector as FakeGpuCollector,
+        FakeHostCollector as FakeHostCollector,
+    )
+    from fleetpulse.agent.gpu import GpuCollector as GpuCollector
+    from fleetpulse.agent.heartbeat import (
+        Identity as Identity,
+        build_goodbye as build_goodbye,
+        build_heartbeat as build_heartbeat,
+        resource_metrics as resource_metrics,
+        restamp as restamp,
+    )
+    from fleetpulse.agent.profiles import (
+        PROFILES as PROFILES,
+        Machine as Machine,
+        Profile as Profile,
+        build_fleet as build_fleet,
+    )
+    from fleetpulse.agent.publisher import (
+        CONNECTION_EXCEPTIONS as CONNECTION_EXCEPTIONS,
+        Publisher as Publisher,
+    )
+    from fleetpulse.agent.runner import Agent as Agent, default_collectors as default_collectors
+    from fleetpulse.agent.simulate import Simulator as Simulator
+    from fleetpulse.agent.spool import (
+        MemorySpool as MemorySpool,
+        Spool as Spool,
+        SpoolEntry as SpoolEntry,
+        SqliteSpool as SqliteSpool,
+    )
+    from fleetpulse.agent.state import StateDir as StateDir, resolve_identity as resolve_identity
+else:
+    from fleetpulse._lazy import lazy_face
+
+    __all__, __getattr__, __dir__ = lazy_face(
+        __name__,
+        {
+            "backoff": "Backoff",
+            "clock": "Clock SystemClock",
+            "collectors": "Collector Contribution HostCollector HostReading",
+            "entry": "run_agent run_simulate",
+            "fakes": "FailingCollector FakeClock FakeGpuCollector FakeHostCollector",
+            "gpu": "GpuCollector",
+            "heartbeat": "Identity build_goodbye build_heartbeat resource_metrics restamp",
+            "profiles": "PROFILES Machine Profile build_fleet",
+            "publisher": "CONNECTION_EXCEPTIONS Publisher",
+            "runner": "Agent default_collectors",
+            "simulate": "Simulator",
+            "spool": "MemorySpool Spool SpoolEntry SqliteSpool",
+            "state": "StateDir resolve_identity",
+        },
+    )

@@ -1,7 +1,21 @@
 """fleetpulse.api: the capacity API, its Prometheus exporter and the fleet table."""
 
-from fleetpulse.api.app import create_app
-from fleetpulse.api.server import run_api
-from fleetpulse.api.status import run_status
+from __future__ import annotations
 
-__all__ = ["create_app", "run_api", "run_status"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.api.app import create_app as create_app
+    from fleetpulse.api.server import run_api as run_api
+    from fleetpulse.api.status import run_status as run_status
+else:
+    from fleetpulse._lazy import lazy_face
+
+    __all__, __getattr__, __dir__ = lazy_face(
+        __name__,
+        {
+            "app": "create_app",
+            "server": "run_api",
+            "status": "run_status",
+        },
+    )

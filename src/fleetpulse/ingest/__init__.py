@@ -1,30 +1,45 @@
 """fleetpulse.ingest: heartbeats from RabbitMQ into TimescaleDB, and the silence detector."""
 
-from fleetpulse.ingest.backoff import Backoff
-from fleetpulse.ingest.credentials import agent_permissions, create_agent_credentials
-from fleetpulse.ingest.detector import SilenceDetector
-from fleetpulse.ingest.metrics import IngestMetrics
-from fleetpulse.ingest.planner import Decoded, Delivery, Plan, Rejection, decode_batch, plan_batch
-from fleetpulse.ingest.service import run_ingest, serve
-from fleetpulse.ingest.topology import declare_topology
-from fleetpulse.ingest.worker import CommitReport, Ingest, utc_now
+from __future__ import annotations
 
-__all__ = [
-    "Backoff",
-    "CommitReport",
-    "Decoded",
-    "Delivery",
-    "Ingest",
-    "IngestMetrics",
-    "Plan",
-    "Rejection",
-    "SilenceDetector",
-    "agent_permissions",
-    "create_agent_credentials",
-    "declare_topology",
-    "decode_batch",
-    "plan_batch",
-    "run_ingest",
-    "serve",
-    "utc_now",
-]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.ingest.backoff import Backoff as Backoff
+    from fleetpulse.ingest.credentials import (
+        agent_permissions as agent_permissions,
+        create_agent_credentials as create_agent_credentials,
+    )
+    from fleetpulse.ingest.detector import SilenceDetector as SilenceDetector
+    from fleetpulse.ingest.metrics import IngestMetrics as IngestMetrics
+    from fleetpulse.ingest.planner import (
+        Decoded as Decoded,
+        Delivery as Delivery,
+        Plan as Plan,
+        Rejection as Rejection,
+        decode_batch as decode_batch,
+        plan_batch as plan_batch,
+    )
+    from fleetpulse.ingest.service import run_ingest as run_ingest, serve as serve
+    from fleetpulse.ingest.topology import declare_topology as declare_topology
+    from fleetpulse.ingest.worker import (
+        CommitReport as CommitReport,
+        Ingest as Ingest,
+        utc_now as utc_now,
+    )
+else:
+    from fleetpulse._lazy import lazy_face
+
+    __all__, __getattr__, __dir__ = lazy_face(
+        __name__,
+        {
+            "backoff": "Backoff",
+            "credentials": "agent_permissions create_agent_credentials",
+            "detector": "SilenceDetector",
+            "metrics": "IngestMetrics",
+            "planner": "Decoded Delivery Plan Rejection decode_batch plan_batch",
+            "service": "run_ingest serve",
+            "topology": "declare_topology",
+            "worker": "CommitReport Ingest utc_now",
+        },
+    )

@@ -1,124 +1,98 @@
 """The store: TimescaleDB connections, schema, writes and queries."""
 
-from fleetpulse.store.engine import (
-    RETRYABLE_DB_ERRORS,
-    Database,
-    Edition,
-    connect,
-    detect_edition,
-    map_db_errors,
-)
+from __future__ import annotations
 
-# Read side of the API: queries, the in-process registry index, the event feed.
-from fleetpulse.store.event_feed import EventFeed, EventSubscription
-from fleetpulse.store.migrate import (
-    current_revision,
-    downgrade,
-    ensure_database,
-    head_revision,
-    upgrade,
-)
-from fleetpulse.store.queries import (
-    AgentRecord,
-    GpuBucket,
-    GpuState,
-    HostBucket,
-    StatusEvent,
-    fetch_agent,
-    fetch_agents,
-    fetch_events,
-    fetch_history,
-    fetch_registry,
-    fetch_reliability,
-    fetch_silenced,
-    latest_event_id,
-    ping,
-    sql_capacity,
-)
-from fleetpulse.store.registry_index import (
-    CapacityFilter,
-    CapacityMatch,
-    RegistryFollower,
-    RegistryIndex,
-    matching_gpus,
-)
+from typing import TYPE_CHECKING
 
-# isort: split
-# ingest write path, silence sweep and retention
-from fleetpulse.store.liveness import (
-    DETECTOR_LOCK_KEY,
-    release_detector_lock,
-    sweep_silent,
-    try_detector_lock,
-)
-from fleetpulse.store.retention import HYPERTABLES, apply_retention
-from fleetpulse.store.writes import (
-    AgentState,
-    BatchWrite,
-    EventRow,
-    GoodbyeRow,
-    GpuRow,
-    RegistryRow,
-    SampleRow,
-    WriteMethod,
-    WriteResult,
-    lock_agents,
-    write_batch,
-)
+if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.store.engine import (
+        RETRYABLE_DB_ERRORS as RETRYABLE_DB_ERRORS,
+        Database as Database,
+        Edition as Edition,
+        connect as connect,
+        detect_edition as detect_edition,
+        map_db_errors as map_db_errors,
+    )
+    from fleetpulse.store.event_feed import (
+        EventFeed as EventFeed,
+        EventSubscription as EventSubscription,
+    )
+    from fleetpulse.store.liveness import (
+        DETECTOR_LOCK_KEY as DETECTOR_LOCK_KEY,
+        release_detector_lock as release_detector_lock,
+        sweep_silent as sweep_silent,
+        try_detector_lock as try_detector_lock,
+    )
+    from fleetpulse.store.migrate import (
+        current_revision as current_revision,
+        downgrade as downgrade,
+        ensure_database as ensure_database,
+        head_revision as head_revision,
+        upgrade as upgrade,
+    )
+    from fleetpulse.store.queries import (
+        AgentRecord as AgentRecord,
+        GpuBucket as GpuBucket,
+        GpuState as GpuState,
+        HostBucket as HostBucket,
+        StatusEvent as StatusEvent,
+        fetch_agent as fetch_agent,
+        fetch_agents as fetch_agents,
+        fetch_events as fetch_events,
+        fetch_history as fetch_history,
+        fetch_registry as fetch_registry,
+        fetch_reliability as fetch_reliability,
+        fetch_silenced as fetch_silenced,
+        latest_event_id as latest_event_id,
+        ping as ping,
+        sql_capacity as sql_capacity,
+    )
+    from fleetpulse.store.registry_index import (
+        CapacityFilter as CapacityFilter,
+        CapacityMatch as CapacityMatch,
+        RegistryFollower as RegistryFollower,
+        RegistryIndex as RegistryIndex,
+        matching_gpus as matching_gpus,
+    )
+    from fleetpulse.store.retention import (
+        HYPERTABLES as HYPERTABLES,
+        apply_retention as apply_retention,
+    )
+    from fleetpulse.store.writes import (
+        AgentState as AgentState,
+        BatchWrite as BatchWrite,
+        EventRow as EventRow,
+        GoodbyeRow as GoodbyeRow,
+        GpuRow as GpuRow,
+        RegistryRow as RegistryRow,
+        SampleRow as SampleRow,
+        WriteMethod as WriteMethod,
+        WriteResult as WriteResult,
+        lock_agents as lock_agents,
+        write_batch as write_batch,
+    )
+else:
+    from fleetpulse._lazy import lazy_face
 
-__all__ = [  # noqa: RUF022 - one block per subsystem keeps merges easy
-    "RETRYABLE_DB_ERRORS",
-    "Database",
-    "Edition",
-    "connect",
-    "current_revision",
-    "detect_edition",
-    "downgrade",
-    "ensure_database",
-    "head_revision",
-    "map_db_errors",
-    "upgrade",
-    # read side of the API
-    "AgentRecord",
-    "CapacityFilter",
-    "CapacityMatch",
-    "EventFeed",
-    "EventSubscription",
-    "GpuBucket",
-    "GpuState",
-    "HostBucket",
-    "RegistryFollower",
-    "RegistryIndex",
-    "StatusEvent",
-    "fetch_agent",
-    "fetch_agents",
-    "fetch_events",
-    "fetch_history",
-    "fetch_registry",
-    "fetch_silenced",
-    "fetch_reliability",
-    "latest_event_id",
-    "matching_gpus",
-    "ping",
-    "sql_capacity",
-]
-# ingest write path, silence sweep and retention
-__all__ += [
-    "DETECTOR_LOCK_KEY",
-    "HYPERTABLES",
-    "AgentState",
-    "BatchWrite",
-    "EventRow",
-    "GoodbyeRow",
-    "GpuRow",
-    "RegistryRow",
-    "SampleRow",
-    "WriteMethod",
-    "WriteResult",
-    "apply_retention",
-    "lock_agents",
-    "release_detector_lock",
-    "sweep_silent",
-    "try_detector_lock",
-    "write_batch",
-]
+    __all__, __getattr__, __dir__ = lazy_face(
+        __name__,
+        {
+            "engine": "RETRYABLE_DB_ERRORS Database Edition connect detect_edition map_db_errors",
+            "event_feed": "EventFeed EventSubscription",
+            "liveness": "DETECTOR_LOCK_KEY release_detector_lock sweep_silent try_detector_lock",
+            "migrate": "current_revision downgrade ensure_database head_revision upgrade",
+            "queries": (
+                "AgentRecord GpuBucket GpuState HostBucket StatusEvent fetch_agent fetch_agents "
+                "fetch_events fetch_history fetch_registry fetch_reliability fetch_silenced "
+                "latest_event_id ping sql_capacity"
+            ),
+            "registry_index": (
+                "CapacityFilter CapacityMatch RegistryFollower RegistryIndex matching_gpus"
+            ),
+            "retention": "HYPERTABLES apply_retention",
+            "writes": (
+                "AgentState BatchWrite EventRow GoodbyeRow GpuRow RegistryRow SampleRow "
+                "WriteMethod WriteResult lock_agents write_batch"
+            ),
+        },
+    )

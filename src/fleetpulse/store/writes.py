@@ -13,12 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Final, Literal, NamedTuple
-
-import psycopg
-from psycopg.rows import TupleRow
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from fleetpulse.errors import StoreError
+
+if TYPE_CHECKING:  # annotations only: the planner imports the row types without the driver
+    import psycopg
+    from psycopg.rows import TupleRow
 
 __all__ = [
     "AgentState",
