@@ -33,6 +33,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,6 +41,10 @@ import httpx
 import psycopg
 from litestar import MediaType, Response, get
 from psycopg import sql
+
+# The SQL reference of the capacity query lives with the tests that check the index against
+# it (tests/fixtures/capacity_reference.py): the repository root goes on the path for it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ADMIN_URL = os.environ.get(
     "FLEETPULSE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -247,7 +252,7 @@ def wrk(url: str, connections: int, duration: float, server_pid: int) -> dict[st
 
 
 async def sql_times(url: str, seeded_at: float, repeats: int = 15) -> dict[str, float]:
-    from fleetpulse import store
+    from tests.fixtures.capacity_reference import sql_capacity
 
     result: dict[str, float] = {}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -255,7 +260,7 @@ async def sql_times(url: str, seeded_at: float, repeats: int = 15) -> dict[str, 
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                await store.sql_capacity(conn, now=datetime.now(UTC), **at_age(q, seeded_at))
+                await sql_capacity(conn, now=datetime.now(UTC), **at_age(q, seeded_at))
                 times.append((time.perf_counter() - started) * 1e3)
             result[name] = round(statistics.median(times), 3)
     return result

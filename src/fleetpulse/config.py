@@ -115,6 +115,8 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     queue_depth_interval_s: Positive = 5.0
     detector_enabled: bool = True
     sweep_limit: PositiveInt = 10_000
+    # Deprecated: still accepted so older config files load; "unnest" is ignored (logged at
+    # start) and every batch is written with binary COPY.
     write_method: Literal["copy", "unnest"] = "copy"
     commit_pipeline: PositiveInt = 2
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
     from fleetpulse.ingest.backoff import Backoff as Backoff
+    from fleetpulse.ingest.batch import CommitReport as CommitReport
     from fleetpulse.ingest.credentials import (
         agent_permissions as agent_permissions,
         create_agent_credentials as create_agent_credentials,
@@ -22,11 +23,7 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
     )
     from fleetpulse.ingest.service import run_ingest as run_ingest, serve as serve
     from fleetpulse.ingest.topology import declare_topology as declare_topology
-    from fleetpulse.ingest.worker import (
-        CommitReport as CommitReport,
-        Ingest as Ingest,
-        utc_now as utc_now,
-    )
+    from fleetpulse.ingest.worker import Ingest as Ingest, utc_now as utc_now
 else:
     from fleetpulse._lazy import lazy_face
 
@@ -34,12 +31,13 @@ else:
         __name__,
         {
             "backoff": "Backoff",
+            "batch": "CommitReport",
             "credentials": "agent_permissions create_agent_credentials",
             "detector": "SilenceDetector",
             "metrics": "IngestMetrics",
             "planner": "Decoded Delivery Plan Rejection decode_batch plan_batch",
             "service": "run_ingest serve",
             "topology": "declare_topology",
-            "worker": "CommitReport Ingest utc_now",
+            "worker": "Ingest utc_now",
         },
     )

@@ -134,114 +134,141 @@ def plan_batch(
     gpu_pool: str = "gpu",
     cpu_pool: str = "cpu",
 ) -> Plan:
+    """Who may write, which rows to store, which transitions to record, given the locked
+    registry ``state`` of the batch's agents."""
     principals: dict[uuid.UUID, str | None] = {a: s.principal for a, s in state.items()}
     rejected: list[Rejection] = []
+    goodbyes: list[GoodbyeRow] = []
+    accepted: list[Decoded] = []
+    spells = _Spells()
     samples: list[SampleRow] = []
     gpus: list[GpuRow] = []
-    goodbyes: list[GoodbyeRow] = []
-    newest: dict[uuid.UUID, tuple[Heartbeat, Delivery, str]] = {}
-    first_received: dict[uuid.UUID, datetime] = {}
-    last_received: dict[uuid.UUID, datetime] = {}
-    accepted: list[Decoded] = []
     for item in decoded:
         message, delivery = item.message, item.delivery
         refusal = _check_identity(message.agent_id, delivery.user_id, principals, require_user_id)
         if refusal is not None:
             rejected.append(Rejection(delivery, "unauthorised", refusal, "unauthorised"))
-            continue
-        if isinstance(message, Goodbye):
-            goodbyes.append(GoodbyeRow(message.agent_id, message.sent_at, delivery.received_at))
-            continue
-        accepted.append(item)
-        agent_id = message.agent_id
-        received = delivery.received_at
-        metrics = message.resource_metrics
-        pool = _pool(message, gpu_pool, cpu_pool)
-        samples.append(
-            SampleRow(
-                agent_id,
-                message.sampled_at,
-                received,
-                message.seq,
-                message.hostname,
-                pool,
-                message.work_status.state,
-                message.work_status.running_jobs,
-                metrics.cpu_load_1m,
-                metrics.cpu_load_5m,
-                metrics.cpu_load_15m,
-                metrics.cpu_cores,
-                metrics.cpu_available_cores,
-                metrics.mem_total_gb,
-                metrics.mem_available_gb,
-                metrics.gpu_type,
-                metrics.gpu_count,
-                metrics.gpu_vram_total_gb,
-                metrics.gpu_vram_available_gb,
-                pg_text_array(metrics.errors),
-            )
-        )
-        for gpu in metrics.gpus:
-            gpus.append(
-                GpuRow(
-                    agent_id,
-                    message.sampled_at,
-                    gpu.index,
-                    gpu.uuid,
-                    gpu.name,
-                    gpu.vram_total_gb,
-                    gpu.vram_free_gb,
-                    gpu.util_pct,
-                    gpu.temp_c,
-                    gpu.power_w,
-                    gpu.error,
+        elif isinstance(message, Goodbye):
+            goodbyes.append(
+                GoodbyeRow(
+                    agent_id=message.agent_id,
+                    sent_at=message.sent_at,
+                    received_at=delivery.received_at,
                 )
             )
-        seen = newest.get(agent_id)
-        if seen is None or message.sampled_at > seen[0].sampled_at:
-            newest[agent_id] = (message, delivery, pool)
-        if agent_id not in first_received or received < first_received[agent_id]:
-            first_received[agent_id] = received
-        if agent_id not in last_received or received > last_received[agent_id]:
-            last_received[agent_id] = received
-    registry: list[RegistryRow] = []
-    events: list[EventRow] = []
-    for agent_id in sorted(newest):
-        message, delivery, pool = newest[agent_id]
-        metrics = message.resource_metrics
-        registry.append(
-            RegistryRow(
-                agent_id,
-                message.hostname,
-                pool,
-                first_received[agent_id],
-                last_received[agent_id],
-                message.sampled_at,
-                message.seq,
-                message.agent_version,
-                principals.get(agent_id),
-                message.work_status.state,
-                metrics.cpu_cores,
-                metrics.cpu_available_cores,
-                metrics.cpu_load_1m,
-                metrics.mem_total_gb,
-                metrics.mem_available_gb,
-                metrics.gpu_type,
-                metrics.gpu_count,
-                metrics.gpu_vram_total_gb,
-                metrics.gpu_vram_available_gb,
-                _json.encode(metrics).decode(),
-                None if message.agent_stats is None else _json.encode(message.agent_stats).decode(),
-            )
-        )
-        before = state.get(agent_id)
-        if before is None:
-            events.append(
-                EventRow(agent_id, first_received[agent_id], None, "online", "first_heartbeat")
-            )
-        elif before.status != "online":
-            events.append(
-                EventRow(agent_id, first_received[agent_id], before.status, "online", "heartbeat")
-            )
+        else:
+            accepted.append(item)
+            pool = _pool(message, gpu_pool, cpu_pool)
+            samples.append(_sample_row(message, delivery, pool))
+            gpus.extend(_gpu_rows(message))
+            spells.see(message, delivery, pool)
+    registry = [spells.registry_row(a, principals.get(a)) for a in sorted(spells.newest)]
+    events = [e for a in sorted(spells.newest) if (e := spells.transition(a, state.get(a)))]
     write = BatchWrite(samples, gpus, registry, events, goodbyes)
     return Plan(write, rejected, accepted, len(goodbyes))
+
+
+def _sample_row(message: Heartbeat, delivery: Delivery, pool: str) -> SampleRow:
+    metrics = message.resource_metrics
+    return SampleRow(
+        agent_id=message.agent_id,
+        sampled_at=message.sampled_at,
+        received_at=delivery.received_at,
+        seq=message.seq,
+        hostname=message.hostname,
+        pool_name=pool,
+        work_state=message.work_status.state,
+        running_jobs=message.work_status.running_jobs,
+        cpu_load_1m=metrics.cpu_load_1m,
+        cpu_load_5m=metrics.cpu_load_5m,
+        cpu_load_15m=metrics.cpu_load_15m,
+        cpu_cores=metrics.cpu_cores,
+        cpu_available_cores=metrics.cpu_available_cores,
+        mem_total_gb=metrics.mem_total_gb,
+        mem_available_gb=metrics.mem_available_gb,
+        gpu_type=metrics.gpu_type,
+        gpu_count=metrics.gpu_count,
+        gpu_vram_total_gb=metrics.gpu_vram_total_gb,
+        gpu_vram_available_gb=metrics.gpu_vram_available_gb,
+        errors=pg_text_array(metrics.errors),
+    )
+
+
+def _gpu_rows(message: Heartbeat) -> list[GpuRow]:
+    return [
+        GpuRow(
+            agent_id=message.agent_id,
+            sampled_at=message.sampled_at,
+            gpu_index=gpu.index,
+            gpu_uuid=gpu.uuid,
+            name=gpu.name,
+            vram_total_gb=gpu.vram_total_gb,
+            vram_free_gb=gpu.vram_free_gb,
+            util_pct=gpu.util_pct,
+            temp_c=gpu.temp_c,
+            power_w=gpu.power_w,
+            error=gpu.error,
+        )
+        for gpu in message.resource_metrics.gpus
+    ]
+
+
+@dataclass(slots=True)
+class _Spells:
+    """Per agent within a batch: its newest heartbeat and the span of receive times."""
+
+    newest: dict[uuid.UUID, tuple[Heartbeat, str]] = field(default_factory=dict)
+    first_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    last_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
+
+    def see(self, message: Heartbeat, delivery: Delivery, pool: str) -> None:
+        agent_id, received = message.agent_id, delivery.received_at
+        seen = self.newest.get(agent_id)
+        if seen is None or message.sampled_at > seen[0].sampled_at:
+            self.newest[agent_id] = (message, pool)
+        first = self.first_received.get(agent_id)
+        if first is None or received < first:
+            self.first_received[agent_id] = received
+        last = self.last_received.get(agent_id)
+        if last is None or received > last:
+            self.last_received[agent_id] = received
+
+    def registry_row(self, agent_id: uuid.UUID, principal: str | None) -> RegistryRow:
+        message, pool = self.newest[agent_id]
+        metrics = message.resource_metrics
+        stats = message.agent_stats
+        return RegistryRow(
+            agent_id=agent_id,
+            hostname=message.hostname,
+            pool_name=pool,
+            first_received_at=self.first_received[agent_id],
+            received_at=self.last_received[agent_id],
+            sampled_at=message.sampled_at,
+            seq=message.seq,
+            agent_version=message.agent_version,
+            principal=principal,
+            work_state=message.work_status.state,
+            cpu_cores=metrics.cpu_cores,
+            cpu_available_cores=metrics.cpu_available_cores,
+            cpu_load_1m=metrics.cpu_load_1m,
+            mem_total_gb=metrics.mem_total_gb,
+            mem_available_gb=metrics.mem_available_gb,
+            gpu_type=metrics.gpu_type,
+            gpu_count=metrics.gpu_count,
+            gpu_vram_total_gb=metrics.gpu_vram_total_gb,
+            gpu_vram_available_gb=metrics.gpu_vram_available_gb,
+            resource_metrics=_json.encode(metrics).decode(),
+            agent_stats=None if stats is None else _json.encode(stats).decode(),
+        )
+
+    def transition(self, agent_id: uuid.UUID, before: AgentState | None) -> EventRow | None:
+        """The event of an agent coming (back) online in this batch, if it does."""
+        if before is not None and before.status == "online":
+            return None
+        return EventRow(
+            agent_id=agent_id,
+            at=self.first_received[agent_id],
+            from_status=None if before is None else before.status,
+            to_status="online",
+            reason="first_heartbeat" if before is None else "heartbeat",
+        )

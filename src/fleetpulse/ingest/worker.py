@@ -4,6 +4,7 @@ transaction, ack after commit, dead-letter what cannot be stored.
 One AMQP connection (aiormq directly, no aio-pika robust layer: reconnects are ours)
 with a consuming channel and a confirming channel for dead letters. Deliveries pile up
 in a buffer while the previous batch commits, so batches size themselves to the load.
+What happens to each batch (decode, write, settle, account) is :mod:`.batch`'s.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -23,21 +23,15 @@ import aiormq.abc
 from pamqp.commands import Basic
 
 from fleetpulse.config import Settings, mask_url
-from fleetpulse.errors import PoisonRowError, ServiceUnavailable, StoreError
+from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.ingest.backoff import Backoff
-from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS, dead_letter, log_rejection
+from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session
+from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS
 from fleetpulse.ingest.metrics import IngestMetrics
-from fleetpulse.ingest.planner import (
-    Decoded,
-    Delivery,
-    Plan,
-    Rejection,
-    decode_batch,
-    plan_batch,
-)
+from fleetpulse.ingest.planner import Delivery
 from fleetpulse.ingest.topology import declare_topology
-from fleetpulse.messages import INGEST_QUEUE, Heartbeat
-from fleetpulse.store import AgentState, BatchWrite, Database, WriteResult, write_batch
+from fleetpulse.messages import INGEST_QUEUE
+from fleetpulse.store import Database
 
 __all__ = ["AMQP_CONNECTION_ERRORS", "CommitReport", "Ingest", "utc_now"]
 
@@ -53,40 +47,6 @@ def _reap(tasks: set[asyncio.Task[None]]) -> None:
     for task in [t for t in tasks if t.done()]:
         tasks.discard(task)
         task.result()
-
-
-@dataclass(slots=True)
-class CommitReport:
-    """What one batch did, handed to ``on_commit`` observers (tests, benchmarks)."""
-
-    heartbeats: list[Heartbeat]
-    stored: int
-    duplicate: int
-    rejected: list[Rejection]
-    committed_at: float  # time.time() after commit and ack
-    events: int = 0
-    messages: int = 0  # every delivery the batch settled, heartbeats or not
-
-
-@dataclass(slots=True)
-class _Session:
-    connection: aiormq.abc.AbstractConnection
-    channel: aiormq.abc.AbstractChannel
-    dead_letters: aiormq.abc.AbstractChannel
-    generation: int
-    consumer_tag: str = ""
-    lost: bool = False
-
-
-class _Abandoned(Exception):
-    """The batch cannot be acked any more (connection gone, or shutdown past its deadline)."""
-
-
-@dataclass(slots=True)
-class _Outcome:
-    plans: list[Plan] = field(default_factory=list)
-    results: list[WriteResult] = field(default_factory=list)
-    poisoned: list[Rejection] = field(default_factory=list)
 
 
 class Ingest:
@@ -110,7 +70,6 @@ class Ingest:
         self.config = settings.ingest
         self.metrics = metrics or IngestMetrics()
         self.clock = clock
-        self._sleep = sleep
         self.on_commit = on_commit
         self.name = name or f"fleetpulse-ingest-{uuid.uuid4().hex[:8]}"
         self.state: Literal["new", "running", "stopping", "closed"] = "new"
@@ -124,13 +83,21 @@ class Ingest:
         self._full = asyncio.Event()
         self._stop = asyncio.Event()
         self._generation = 0
-        self._session: _Session | None = None
-        self._drain_deadline: float | None = None
+        self._session: Session | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._batches = BatchProcessor(
+            self.db, self.config, self.metrics, sleep=sleep, on_commit=lambda: self.on_commit
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.config.write_method != "copy":
+            log.warning(
+                "ingest.write_method = %r is deprecated and ignored: batches are written"
+                " with binary COPY",
+                self.config.write_method,
+            )
         backoff = self._backoff()
         while not self._stop.is_set():
             try:
@@ -157,7 +124,7 @@ class Ingest:
             return
         self.state = "stopping"
         limit = self.config.drain_timeout_s if timeout_s is None else timeout_s
-        self._drain_deadline = time.monotonic() + limit
+        self._batches.deadline = time.monotonic() + limit
         self._stop.set()
         self._wakeup.set()
         self._full.set()
@@ -183,7 +150,7 @@ class Ingest:
         await self.stop()
 
     def _backoff(self) -> Backoff:
-        return Backoff(self.config.retry_initial_s, self.config.retry_max_s, sleep=self._sleep)
+        return self._batches.backoff()
 
     # ------------------------------------------------------------------ the broker side
 
@@ -234,7 +201,7 @@ class Ingest:
             dead_letters = await connection.channel(publisher_confirms=True)
             await channel.basic_qos(prefetch_count=self.config.prefetch)
             self._generation += 1
-            session = _Session(connection, channel, dead_letters, self._generation)
+            session = Session(connection, channel, dead_letters, self._generation)
             self._session = session
             consume_ok = await channel.basic_consume(
                 INGEST_QUEUE, self._on_message_for(session), no_ack=False
@@ -249,7 +216,7 @@ class Ingest:
             with contextlib.suppress(*AMQP_CONNECTION_ERRORS, RuntimeError):
                 await connection.close()
 
-    def _on_message_for(self, session: _Session) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
+    def _on_message_for(self, session: Session) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
         buffer = self._buffer
         clock = self.clock
         generation = session.generation
@@ -287,7 +254,7 @@ class Ingest:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def _batch_loop(self, session: _Session) -> None:
+    async def _batch_loop(self, session: Session) -> None:
         """Form batches and write up to ``commit_pipeline`` of them at once.
 
         Writes overlap (the database works on one while Python prepares the next), but
@@ -325,7 +292,9 @@ class Ingest:
                 batch = self._buffer[:batch_max]
                 del self._buffer[:batch_max]
                 settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                inflight.add(asyncio.create_task(self._process(batch, session, previous, settled)))
+                inflight.add(
+                    asyncio.create_task(self._batches.process(batch, session, previous, settled))
+                )
                 previous = settled
                 # What is left waited through earlier commits: due as soon as a slot frees.
                 self._first_at = time.monotonic() - age_s
@@ -334,7 +303,7 @@ class Ingest:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _drain(self, session: _Session, previous: asyncio.Future[bool] | None) -> None:
+    async def _drain(self, session: Session, previous: asyncio.Future[bool] | None) -> None:
         if session.consumer_tag:
             with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
                 await session.channel.basic_cancel(session.consumer_tag)
@@ -343,156 +312,8 @@ class Ingest:
             batch = self._buffer[:batch_max]
             del self._buffer[:batch_max]
             settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            await self._process(batch, session, previous, settled)
+            await self._batches.process(batch, session, previous, settled)
             previous = settled
-
-    def _check_alive(self, session: _Session) -> None:
-        if session.lost or session.channel.is_closed:
-            raise _Abandoned("broker channel closed; the batch will be redelivered")
-        if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
-            raise _Abandoned("shutdown deadline passed; the batch will be redelivered")
-
-    # ------------------------------------------------------------------ one batch
-
-    async def _process(
-        self,
-        batch: Sequence[Delivery],
-        session: _Session,
-        previous: asyncio.Future[bool] | None,
-        settled: asyncio.Future[bool],
-    ) -> None:
-        decoded, invalid = decode_batch(batch)
-        acked = False
-        try:
-            outcome = await self._write_all(decoded, session)
-            if previous is not None and not await previous:
-                # Acking now would cover the earlier, unacked tags: leave this one too.
-                raise _Abandoned("an earlier batch was not acked; this one will be redelivered")
-            self._check_alive(session)
-            rejected = invalid + outcome.poisoned
-            for plan in outcome.plans:
-                rejected.extend(plan.rejected)
-            await self._settle(batch, rejected, session)
-            acked = True
-        except _Abandoned as exc:
-            log.warning("%s (%d messages)", exc, len(batch))
-            return
-        finally:
-            if not settled.done():
-                settled.set_result(acked)
-        self._account(outcome, rejected, len(batch))
-
-    def _account(self, outcome: _Outcome, rejected: list[Rejection], size: int) -> None:
-        m = self.metrics
-        stored = sum(r.samples_stored for r in outcome.results)
-        duplicate = sum(r.samples_duplicate for r in outcome.results)
-        goodbyes = sum(p.goodbyes for p in outcome.plans)
-        m.messages.labels("stored").inc(stored + goodbyes)
-        if duplicate:
-            m.messages.labels("duplicate").inc(duplicate)
-        for rejection in rejected:
-            m.messages.labels(rejection.result).inc()
-            m.dead_letters.labels(rejection.reason).inc()
-        m.batch_size.observe(size)
-        heartbeats: list[Heartbeat] = []
-        observe_lag = m.lag_seconds.observe
-        for plan in outcome.plans:
-            for item in plan.heartbeats:
-                message = item.message
-                assert isinstance(message, Heartbeat)
-                heartbeats.append(message)
-                observe_lag((item.delivery.received_at - message.sampled_at).total_seconds())
-        if self.on_commit is not None:
-            self.on_commit(
-                CommitReport(
-                    heartbeats,
-                    stored,
-                    duplicate,
-                    rejected,
-                    time.time(),
-                    sum(r.events for r in outcome.results),
-                    size,
-                )
-            )
-
-    async def _write_all(self, decoded: list[Decoded], session: _Session) -> _Outcome:
-        """Write, splitting on a poison row until the offending message stands alone."""
-        outcome = _Outcome()
-        parts: list[list[Decoded]] = [decoded] if decoded else []
-        while parts:
-            part = parts.pop()
-            try:
-                plan, result = await self._write_with_retry(part, session)
-            except PoisonRowError as exc:
-                if len(part) == 1:
-                    log.warning("database refused message %d: %s", part[0].delivery.tag, exc)
-                    outcome.poisoned.append(
-                        Rejection(part[0].delivery, "refused_by_database", str(exc), "invalid")
-                    )
-                    continue
-                middle = len(part) // 2
-                parts.append(part[middle:])
-                parts.append(part[:middle])
-                continue
-            outcome.plans.append(plan)
-            outcome.results.append(result)
-        return outcome
-
-    async def _write_with_retry(
-        self, part: list[Decoded], session: _Session
-    ) -> tuple[Plan, WriteResult]:
-        backoff = self._backoff()
-        agent_ids = sorted({item.message.agent_id for item in part})
-        config = self.config
-        made: list[Plan] = []
-
-        def plan(state: dict[uuid.UUID, AgentState]) -> BatchWrite:
-            made.clear()
-            made.append(
-                plan_batch(
-                    part,
-                    state,
-                    require_user_id=config.require_user_id,
-                    gpu_pool=config.default_gpu_pool,
-                    cpu_pool=config.default_cpu_pool,
-                )
-            )
-            return made[0].write
-
-        while True:
-            started = time.perf_counter()
-            try:
-                async with self.db.connection() as conn:
-                    _, result = await write_batch(conn, agent_ids, plan, method=config.write_method)
-            except PoisonRowError:
-                raise
-            except (ServiceUnavailable, StoreError) as exc:
-                self.metrics.db_retries.inc()
-                log.warning("batch of %d not written, retrying: %s", len(part), exc)
-                self._check_alive(session)
-                await backoff.wait()
-                self._check_alive(session)
-                continue
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            return made[0], result
-
-    async def _settle(
-        self, batch: Sequence[Delivery], rejected: list[Rejection], session: _Session
-    ) -> None:
-        """Dead-letter the rejected (with their reason), then ack the rest in one frame."""
-        individually_rejected: set[int] = set()
-        if rejected and session.dead_letters.is_closed:
-            # The broker closed it (say, the dead-letter exchange was deleted): try anew.
-            with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
-                session.dead_letters = await session.connection.channel(publisher_confirms=True)
-        for rejection in rejected:
-            log_rejection(rejection)
-            if not await dead_letter(session.dead_letters, rejection):
-                await session.channel.basic_reject(rejection.delivery.tag, requeue=False)
-                individually_rejected.add(rejection.delivery.tag)
-        tags = [d.tag for d in batch if d.tag not in individually_rejected]
-        if tags:
-            await session.channel.basic_ack(max(tags), multiple=True)
 
     # ------------------------------------------------------------------ queue depth
 

@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         fetch_silenced as fetch_silenced,
         latest_event_id as latest_event_id,
         ping as ping,
-        sql_capacity as sql_capacity,
     )
     from fleetpulse.store.registry_index import (
         CapacityFilter as CapacityFilter,
@@ -58,7 +57,7 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         HYPERTABLES as HYPERTABLES,
         apply_retention as apply_retention,
     )
-    from fleetpulse.store.writes import (
+    from fleetpulse.store.rows import (
         AgentState as AgentState,
         BatchWrite as BatchWrite,
         EventRow as EventRow,
@@ -66,10 +65,12 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         GpuRow as GpuRow,
         RegistryRow as RegistryRow,
         SampleRow as SampleRow,
-        WriteMethod as WriteMethod,
         WriteResult as WriteResult,
-        lock_agents as lock_agents,
-        write_batch as write_batch,
+    )
+    from fleetpulse.store.writes import (
+        REPLAN_ATTEMPTS as REPLAN_ATTEMPTS,
+        LockedBatch as LockedBatch,
+        locked_batch as locked_batch,
     )
 else:
     from fleetpulse._lazy import lazy_face
@@ -84,15 +85,15 @@ else:
             "queries": (
                 "AgentRecord GpuBucket GpuState HostBucket StatusEvent fetch_agent fetch_agents "
                 "fetch_events fetch_history fetch_registry fetch_reliability fetch_silenced "
-                "latest_event_id ping sql_capacity"
+                "latest_event_id ping"
             ),
             "registry_index": (
                 "CapacityFilter CapacityMatch RegistryFollower RegistryIndex matching_gpus"
             ),
             "retention": "HYPERTABLES apply_retention",
-            "writes": (
-                "AgentState BatchWrite EventRow GoodbyeRow GpuRow RegistryRow SampleRow "
-                "WriteMethod WriteResult lock_agents write_batch"
+            "rows": (
+                "AgentState BatchWrite EventRow GoodbyeRow GpuRow RegistryRow SampleRow WriteResult"
             ),
+            "writes": "REPLAN_ATTEMPTS LockedBatch locked_batch",
         },
     )

@@ -29,7 +29,6 @@ __all__ = [
     "fetch_silenced",
     "latest_event_id",
     "ping",
-    "sql_capacity",
 ]
 
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -128,13 +127,20 @@ _gpus_decoder: Final = msgspec.json.Decoder(list[GpuState])
 _errors_decoder: Final = msgspec.json.Decoder(list[str])
 _stats_decoder: Final = msgspec.json.Decoder(_AgentStats)
 
-REGISTRY_COLUMNS: Final = """
-    agent_id, hostname, pool_name, status, status_changed_at, first_seen_at,
-    last_heartbeat_at, last_sampled_at, agent_version, work_state, cpu_cores,
-    cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,
-    gpu_vram_total_gb, gpu_vram_available_gb, (resource_metrics->'gpus')::text,
-    (resource_metrics->'errors')::text, agent_stats::text, updated_at
-"""
+# The registry columns an AgentRecord takes as stored, by its own field names (the table
+# uses the same ones); the JSON parts it decodes follow them, in this order.
+_DECODED: Final = ("gpus", "errors", "gpu_probe_failures_total", "spool_dropped_total")
+_STORED: Final = tuple(f for f in AgentRecord.__struct_fields__ if f not in _DECODED)
+_AGENT_ID: Final = _STORED.index("agent_id")
+_UPDATED_AT: Final = _STORED.index("updated_at")
+REGISTRY_COLUMNS: Final = ", ".join(
+    (
+        *_STORED,
+        "(resource_metrics->'gpus')::text",
+        "(resource_metrics->'errors')::text",
+        "agent_stats::text",
+    )
+)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], text: str | None, default: Any) -> Any:
@@ -149,32 +155,14 @@ def _decode(decoder: msgspec.json.Decoder[Any], text: str | None, default: Any) 
 
 def record_from_row(row: TupleRow) -> AgentRecord:
     """An :class:`AgentRecord` from a row selected with :data:`REGISTRY_COLUMNS`."""
-    stats: _AgentStats = _decode(_stats_decoder, row[21], _AgentStats())
+    gpus, errors, stats_text = row[len(_STORED) :]
+    stats: _AgentStats = _decode(_stats_decoder, stats_text, _AgentStats())
     return AgentRecord(
-        agent_id=row[0],
-        hostname=row[1],
-        pool_name=row[2],
-        status=row[3],
-        status_changed_at=row[4],
-        first_seen_at=row[5],
-        last_heartbeat_at=row[6],
-        last_sampled_at=row[7],
-        agent_version=row[8],
-        work_state=row[9],
-        cpu_cores=row[10],
-        cpu_available_cores=row[11],
-        cpu_load_1m=row[12],
-        mem_total_gb=row[13],
-        mem_available_gb=row[14],
-        gpu_type=row[15],
-        gpu_count=row[16],
-        gpu_vram_total_gb=row[17],
-        gpu_vram_available_gb=row[18],
-        gpus=tuple(_decode(_gpus_decoder, row[19], [])),
-        errors=tuple(_decode(_errors_decoder, row[20], [])),
+        **dict(zip(_STORED, row, strict=False)),
+        gpus=tuple(_decode(_gpus_decoder, gpus, [])),
+        errors=tuple(_decode(_errors_decoder, errors, [])),
         gpu_probe_failures_total=stats.gpu_probe_failures_total,
         spool_dropped_total=stats.dropped_total,
-        updated_at=row[22],
     )
 
 
@@ -200,7 +188,7 @@ async def fetch_registry(
     rows = await cur.fetchall()
     if known is None:
         return [record_from_row(row) for row in rows]
-    return [record_from_row(row) for row in rows if known(row[0]) != row[22]]
+    return [record_from_row(row) for row in rows if known(row[_AGENT_ID]) != row[_UPDATED_AT]]
 
 
 async def fetch_silenced(conn: Conn, *, after_id: int) -> tuple[int, list[AgentRecord]]:
@@ -400,48 +388,3 @@ async def latest_event_id(conn: Conn) -> int:
     cur = await conn.execute("SELECT coalesce(max(id), 0) FROM agent_status_events")
     row = await cur.fetchone()
     return int(row[0]) if row else 0
-
-
-async def sql_capacity(
-    conn: Conn,
-    *,
-    now: datetime,
-    min_gpu_vram_gb: float = 0.0,
-    min_cpu_cores: int = 0,
-    min_mem_gb: float = 0.0,
-    min_gpu_count: int = 0,
-    gpu_type: str | None = None,
-    pool: str | None = None,
-    max_sample_age_s: float | None = None,
-    limit: int = 100,
-) -> list[uuid.UUID]:
-    """The capacity query answered by SQL alone (the reference the registry index must equal)."""
-    need = max(min_gpu_count, 1 if (min_gpu_vram_gb > 0 or gpu_type is not None) else 0)
-    cur = await conn.execute(
-        "SELECT r.agent_id FROM agent_registry r"
-        " WHERE r.status = 'online'"
-        "   AND r.cpu_available_cores >= %(cores)s AND r.mem_available_gb >= %(mem)s"
-        "   AND (%(pool)s::text IS NULL OR r.pool_name = %(pool)s)"
-        "   AND (%(age)s::float8 IS NULL OR r.last_sampled_at >="
-        "        %(now)s::timestamptz - make_interval(secs => %(age)s::float8))"
-        "   AND (%(need)s = 0 OR (SELECT count(*) FROM jsonb_array_elements("
-        "        CASE jsonb_typeof(r.resource_metrics->'gpus') WHEN 'array'"
-        "        THEN r.resource_metrics->'gpus' ELSE '[]'::jsonb END) g"
-        "        WHERE coalesce(g->>'error', '') = ''"
-        "          AND (g->>'vram_free_gb')::float8 >= %(vram)s"
-        "          AND (%(type)s::text IS NULL OR g->>'name' = %(type)s)) >= %(need)s)"
-        " ORDER BY r.gpu_vram_available_gb DESC, r.cpu_available_cores DESC, r.agent_id"
-        " LIMIT %(limit)s",
-        {
-            "cores": min_cpu_cores,
-            "mem": min_mem_gb,
-            "pool": pool,
-            "age": max_sample_age_s,
-            "now": now,
-            "need": need,
-            "vram": min_gpu_vram_gb,
-            "type": gpu_type,
-            "limit": limit,
-        },
-    )
-    return [r[0] for r in await cur.fetchall()]

@@ -1,360 +1,158 @@
 """The ingest write path: one transaction per batch, idempotent, newest sample wins.
 
-Ingest hands plain row tuples to :func:`write_batch`; nothing here knows the wire
-format. Samples go in through ``unnest`` of binary arrays with ``ON CONFLICT DO
-NOTHING`` (one statement per table, no staging table), so a redelivered or replayed
-sample is stored once. Registry rows are locked in ``agent_id`` order first, which
-also hands back each agent's bound principal and status for the identity check and
-the status transitions, decided by the caller's pure core.
+The caller holds a batch's registry rows locked as a context, plans against them with its
+pure core, then writes what it planned, in that order::
+
+    async with locked_batch(conn, agent_ids) as batch:
+        rows = plan(batch.state)  # identity checks and transitions decided there
+        result = await batch.write(rows)
+
+Rows (:mod:`fleetpulse.store.rows`) go to session temp tables in binary COPY (formatted
+in C, no per-element array dumping in Python), then one set-based statement per target
+table with ``ON CONFLICT DO NOTHING``, so a redelivered or replayed sample is stored once.
+Every column list and type here is derived from the row classes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
 
-from fleetpulse.errors import StoreError
+import psycopg
+from psycopg.rows import TupleRow
 
-if TYPE_CHECKING:  # annotations only: the planner imports the row types without the driver
-    import psycopg
-    from psycopg.rows import TupleRow
-
-__all__ = [
-    "AgentState",
-    "BatchWrite",
-    "EventRow",
-    "GoodbyeRow",
-    "GpuRow",
-    "RegistryRow",
-    "SampleRow",
-    "WriteMethod",
-    "WriteResult",
-    "lock_agents",
-    "write_batch",
-]
-
-
-class SampleRow(NamedTuple):
-    """One row of ``agent_samples``."""
-
-    agent_id: uuid.UUID
-    sampled_at: datetime
-    received_at: datetime
-    seq: int
-    hostname: str
-    pool_name: str
-    work_state: str
-    running_jobs: int
-    cpu_load_1m: float
-    cpu_load_5m: float
-    cpu_load_15m: float
-    cpu_cores: int
-    cpu_available_cores: int
-    mem_total_gb: float
-    mem_available_gb: float
-    gpu_type: str
-    gpu_count: int
-    gpu_vram_total_gb: float
-    gpu_vram_available_gb: float
-    errors: str  # a PostgreSQL text[] literal, e.g. '{}' or '{"gpu: timeout after 2.0s"}'
-
-
-class GpuRow(NamedTuple):
-    """One row of ``gpu_samples``."""
-
-    agent_id: uuid.UUID
-    sampled_at: datetime
-    gpu_index: int
-    gpu_uuid: str
-    name: str
-    vram_total_gb: float
-    vram_free_gb: float
-    util_pct: float | None
-    temp_c: float | None
-    power_w: float | None
-    error: str | None
-
-
-class RegistryRow(NamedTuple):
-    """The newest state of one agent within a batch (at most one per agent per batch)."""
-
-    agent_id: uuid.UUID
-    hostname: str
-    pool_name: str
-    first_received_at: datetime
-    received_at: datetime
-    sampled_at: datetime
-    seq: int
-    agent_version: str
-    principal: str | None
-    work_state: str
-    cpu_cores: int
-    cpu_available_cores: int
-    cpu_load_1m: float
-    mem_total_gb: float
-    mem_available_gb: float
-    gpu_type: str
-    gpu_count: int
-    gpu_vram_total_gb: float
-    gpu_vram_available_gb: float
-    resource_metrics: str  # JSON text
-    agent_stats: str | None  # JSON text
-
-
-class GoodbyeRow(NamedTuple):
-    """A graceful stop: offline at once, unless a newer sample is already stored."""
-
-    agent_id: uuid.UUID
-    sent_at: datetime
-    received_at: datetime
-
-
-class EventRow(NamedTuple):
-    agent_id: uuid.UUID
-    at: datetime
-    from_status: str | None
-    to_status: str
-    reason: str
-
-
-class AgentState(NamedTuple):
-    """What the registry holds about an agent, as locked at the start of a batch."""
-
-    status: str
-    principal: str | None
-    last_sampled_at: datetime | None
-
-
-class BatchWrite(NamedTuple):
-    samples: Sequence[SampleRow]
-    gpus: Sequence[GpuRow]
-    registry: Sequence[RegistryRow]
-    events: Sequence[EventRow]
-    goodbyes: Sequence[GoodbyeRow]
-
-
-class WriteResult(NamedTuple):
-    samples_stored: int
-    samples_duplicate: int
-    events: int
-
-
-def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
-
-
-_SAMPLE_TYPES: Final = (
-    "uuid",
-    "timestamptz",
-    "timestamptz",
-    "int8",
-    "text",
-    "text",
-    "text",
-    "int4",
-    "float8",
-    "float8",
-    "float8",
-    "int4",
-    "int4",
-    "float8",
-    "float8",
-    "text",
-    "int4",
-    "float8",
-    "float8",
-    "text",
-)
-_SAMPLE_SQL: Final = (
-    "INSERT INTO agent_samples ("
-    + ", ".join(SampleRow._fields[:-1])
-    + ", errors) SELECT "
-    + ", ".join(SampleRow._fields[:-1])
-    + ", errors::text[] FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _SAMPLE_TYPES)
-    + ") AS t("
-    + ", ".join(SampleRow._fields)
-    + ") ON CONFLICT (agent_id, sampled_at) DO NOTHING"
+from fleetpulse.store.rows import (
+    AgentState,
+    BatchWrite,
+    EventRow,
+    GoodbyeRow,
+    GpuRow,
+    PgType,
+    RegistryRow,
+    SampleRow,
+    WriteResult,
+    columns,
 )
 
-_GPU_TYPES: Final = [
-    "uuid",
-    "timestamptz",
-    "int2",
-    "text",
-    "text",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "text",
-]
-_GPU_SQL: Final = (
-    "INSERT INTO gpu_samples ("
-    + ", ".join(GpuRow._fields)
-    + ") SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _GPU_TYPES)
-    + ") ON CONFLICT (agent_id, gpu_index, sampled_at) DO NOTHING"
-)
+__all__ = ["REPLAN_ATTEMPTS", "LockedBatch", "locked_batch"]
 
-# Typed columns that follow the newest sample only; a late replay leaves them alone.
-_LATEST: Final = (
-    "hostname",
-    "pool_name",
-    "last_sampled_at",
-    "last_seq",
-    "agent_version",
-    "work_state",
-    "cpu_cores",
-    "cpu_available_cores",
-    "cpu_load_1m",
-    "mem_total_gb",
-    "mem_available_gb",
-    "gpu_type",
-    "gpu_count",
-    "gpu_vram_total_gb",
-    "gpu_vram_available_gb",
-    "resource_metrics",
-    "agent_stats",
-)
-_REGISTRY_TYPES: Final = (
-    "uuid",
-    "text",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
-    "int8",
-    "text",
-    "text",
-    "text",
-    "int4",
-    "int4",
-    "float8",
-    "float8",
-    "float8",
-    "text",
-    "int4",
-    "float8",
-    "float8",
-    "text",
-    "text",
-)
-_UNNEST_REGISTRY: Final = (
-    "unnest("
-    + ", ".join(f"%s::{t}[]" for t in _REGISTRY_TYPES)
-    + ") AS t("
-    + ", ".join(RegistryRow._fields)
-    + ")"
-)
+Conn = psycopg.AsyncConnection[TupleRow]
+
+# How often a batch is planned again because its new agents kept being registered by
+# concurrent transactions before the caller gives up (and retries later).
+REPLAN_ATTEMPTS: Final = 5
 
 
-def _registry_insert(source: str, where: str = "") -> str:
-    # DO NOTHING: an agent registered by a concurrent batch since our lock is not ours to
-    # overwrite; the caller sees the shortfall and re-plans against the committed row.
+def _value(name: str, pg: PgType, prefix: str = "") -> str:
+    """A staged column as the target table stores it."""
+    return f"{prefix}{name}::{pg.cast}" if pg.cast else f"{prefix}{name}"
+
+
+def _stage(table: str, cols: Sequence[tuple[str, PgType]]) -> str:
+    typed = ", ".join(f"{name} {pg.name}" for name, pg in cols)
+    return f"CREATE TEMP TABLE IF NOT EXISTS {table} ({typed}) ON COMMIT DELETE ROWS"
+
+
+def _copy(table: str) -> str:
+    return f"COPY {table} FROM STDIN (FORMAT BINARY)"
+
+
+def _staged_insert(target: str, stage: str, cols: Sequence[tuple[str, PgType]], key: str) -> str:
     return (
-        "INSERT INTO agent_registry (agent_id, hostname, pool_name, status,"
-        " status_changed_at, first_seen_at, last_heartbeat_at, last_sampled_at, last_seq,"
-        " agent_version, principal, work_state, cpu_cores, cpu_available_cores, cpu_load_1m,"
-        " mem_total_gb, mem_available_gb, gpu_type, gpu_count, gpu_vram_total_gb,"
-        " gpu_vram_available_gb, resource_metrics, agent_stats, updated_at)"
-        " SELECT agent_id, hostname, pool_name, 'online', first_received_at, first_received_at,"
-        " received_at, sampled_at, seq, agent_version, principal, work_state, cpu_cores,"
-        " cpu_available_cores, cpu_load_1m, mem_total_gb, mem_available_gb, gpu_type, gpu_count,"
-        " gpu_vram_total_gb, gpu_vram_available_gb, resource_metrics::jsonb, agent_stats::jsonb,"
-        f" now() FROM {source} {where} ORDER BY agent_id"
-        " ON CONFLICT (agent_id) DO NOTHING"
+        f"INSERT INTO {target} ({', '.join(name for name, _ in cols)})"
+        f" SELECT {', '.join(_value(name, pg) for name, pg in cols)} FROM {stage}"
+        f" ON CONFLICT ({key}) DO NOTHING"
     )
 
 
-_SOURCE: Final = {
-    "last_sampled_at": "t.sampled_at",
-    "last_seq": "t.seq",
-    "resource_metrics": "t.resource_metrics::jsonb",
-    "agent_stats": "t.agent_stats::jsonb",
+def _unnest(cols: Sequence[tuple[str, PgType]]) -> str:
+    arrays = ", ".join(f"%s::{pg.name}[]" for _, pg in cols)
+    return f"unnest({arrays}) AS t({', '.join(name for name, _ in cols)})"
+
+
+_SAMPLE: Final = columns(SampleRow)
+_GPU: Final = columns(GpuRow)
+_REGISTRY: Final = columns(RegistryRow)
+_EVENT: Final = columns(EventRow)
+_GOODBYE: Final = columns(GoodbyeRow)
+
+_SAMPLE_TYPES: Final = [pg.name for _, pg in _SAMPLE]
+_GPU_TYPES: Final = [pg.name for _, pg in _GPU]
+# The staged registry row says whether its agent was absent when the batch locked.
+_REGISTRY_STAGE: Final = (*_REGISTRY, ("is_new", PgType("bool")))
+_REGISTRY_TYPES: Final = [pg.name for _, pg in _REGISTRY_STAGE]
+
+_STAGE_DDL: Final = ";".join(
+    (
+        _stage("fp_stage_samples", _SAMPLE),
+        _stage("fp_stage_gpus", _GPU),
+        _stage("fp_stage_registry", _REGISTRY_STAGE),
+    )
+)
+_STAGED_SAMPLES: Final = _staged_insert(
+    "agent_samples", "fp_stage_samples", _SAMPLE, "agent_id, sampled_at"
+)
+_STAGED_GPUS: Final = _staged_insert(
+    "gpu_samples", "fp_stage_gpus", _GPU, "agent_id, gpu_index, sampled_at"
+)
+
+# Where a registry row's field lands in agent_registry when the name there differs.
+# ``first_received_at`` is not among them: it opens an online spell (status_changed_at)
+# and, for a new agent, is its first_seen_at.
+_REGISTRY_TARGET: Final = {
+    "received_at": "last_heartbeat_at",
+    "sampled_at": "last_sampled_at",
+    "seq": "last_seq",
 }
+_REGISTRY_PLAIN: Final = [(n, pg) for n, pg in _REGISTRY if n != "first_received_at"]
+# Columns that follow the newest sample only; a late replay leaves them alone. The
+# heartbeat time only moves forward and a bound principal is never replaced.
+_REGISTRY_LATEST: Final = [
+    (n, pg) for n, pg in _REGISTRY_PLAIN if n not in {"agent_id", "received_at", "principal"}
+]
 
-
-def _registry_update(source: str, where: str = "") -> str:
-    return (
-        "UPDATE agent_registry r SET"
-        " status = 'online',"
-        " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
-        " ELSE t.first_received_at END,"
-        " last_heartbeat_at = GREATEST(r.last_heartbeat_at, t.received_at),"
-        " principal = COALESCE(r.principal, t.principal),"
-        " updated_at = now(), "
-        + ", ".join(
-            f"{col} = CASE WHEN (r.last_sampled_at IS NULL OR t.sampled_at > r.last_sampled_at)"
-            f" THEN {_SOURCE.get(col, 't.' + col)} ELSE r.{col} END"
-            for col in _LATEST
-        )
-        + f" FROM {source} WHERE r.agent_id = t.agent_id {where}"
+# DO NOTHING: an agent registered by a concurrent batch since our lock is not ours to
+# overwrite; the writer sees the shortfall and the caller plans again against that row.
+_STAGED_REGISTRY_INSERT: Final = (
+    "INSERT INTO agent_registry (status, status_changed_at, first_seen_at, updated_at, "
+    + ", ".join(_REGISTRY_TARGET.get(n, n) for n, _ in _REGISTRY_PLAIN)
+    + ") SELECT 'online', t.first_received_at, t.first_received_at, now(), "
+    + ", ".join(_value(n, pg, "t.") for n, pg in _REGISTRY_PLAIN)
+    + " FROM fp_stage_registry t WHERE t.is_new ORDER BY t.agent_id"
+    " ON CONFLICT (agent_id) DO NOTHING"
+)
+_STAGED_REGISTRY_UPDATE: Final = (
+    "UPDATE agent_registry r SET"
+    " status = 'online',"
+    " status_changed_at = CASE WHEN r.status = 'online' THEN r.status_changed_at"
+    " ELSE t.first_received_at END,"
+    " last_heartbeat_at = GREATEST(r.last_heartbeat_at, t.received_at),"
+    " principal = COALESCE(r.principal, t.principal),"
+    " updated_at = now(), "
+    + ", ".join(
+        f"{_REGISTRY_TARGET.get(n, n)} = CASE WHEN"
+        " (r.last_sampled_at IS NULL OR t.sampled_at > r.last_sampled_at)"
+        f" THEN {_value(n, pg, 't.')} ELSE r.{_REGISTRY_TARGET.get(n, n)} END"
+        for n, pg in _REGISTRY_LATEST
     )
-
-
-_REGISTRY_SQL: Final = _registry_insert(_UNNEST_REGISTRY)
-_REGISTRY_UPDATE_SQL: Final = _registry_update(_UNNEST_REGISTRY)
-
-# The COPY path: rows go to session temp tables in binary COPY (formatted in C, no
-# per-element array dumping in Python), then one set-based statement per target table.
-_STAGE_DDL: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_samples ("
-    "agent_id uuid, sampled_at timestamptz, received_at timestamptz, seq int8, hostname text,"
-    " pool_name text, work_state text, running_jobs int4, cpu_load_1m float8, cpu_load_5m float8,"
-    " cpu_load_15m float8, cpu_cores int4, cpu_available_cores int4, mem_total_gb float8,"
-    " mem_available_gb float8, gpu_type text, gpu_count int4, gpu_vram_total_gb float8,"
-    " gpu_vram_available_gb float8, errors text) ON COMMIT DELETE ROWS;"
-    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_gpus ("
-    "agent_id uuid, sampled_at timestamptz, gpu_index int2, gpu_uuid text, name text,"
-    " vram_total_gb float8, vram_free_gb float8, util_pct float8, temp_c float8, power_w float8,"
-    " error text) ON COMMIT DELETE ROWS;"
-    "CREATE TEMP TABLE IF NOT EXISTS fp_stage_registry ("
-    "agent_id uuid, hostname text, pool_name text, first_received_at timestamptz,"
-    " received_at timestamptz, sampled_at timestamptz, seq int8, agent_version text,"
-    " principal text, work_state text, cpu_cores int4, cpu_available_cores int4,"
-    " cpu_load_1m float8, mem_total_gb float8, mem_available_gb float8, gpu_type text,"
-    " gpu_count int4, gpu_vram_total_gb float8, gpu_vram_available_gb float8,"
-    " resource_metrics text, agent_stats text, is_new bool) ON COMMIT DELETE ROWS"
+    + " FROM fp_stage_registry t WHERE r.agent_id = t.agent_id AND NOT t.is_new"
 )
-_COPY_SAMPLES: Final = "COPY fp_stage_samples FROM STDIN (FORMAT BINARY)"
-_COPY_GPUS: Final = "COPY fp_stage_gpus FROM STDIN (FORMAT BINARY)"
-_COPY_REGISTRY: Final = "COPY fp_stage_registry FROM STDIN (FORMAT BINARY)"
-_STAGED_SAMPLES: Final = (
-    "INSERT INTO agent_samples ("
-    + ", ".join(SampleRow._fields)
-    + ") SELECT "
-    + ", ".join(SampleRow._fields[:-1])
-    + ", errors::text[] FROM fp_stage_samples ON CONFLICT (agent_id, sampled_at) DO NOTHING"
-)
-_STAGED_GPUS: Final = (
-    "INSERT INTO gpu_samples ("
-    + ", ".join(GpuRow._fields)
-    + ") SELECT * FROM fp_stage_gpus ON CONFLICT (agent_id, gpu_index, sampled_at) DO NOTHING"
-)
-_STAGED_REGISTRY_UPDATE: Final = _registry_update("fp_stage_registry t", "AND NOT t.is_new")
-_STAGED_REGISTRY_INSERT: Final = _registry_insert("fp_stage_registry", "WHERE is_new")
-_SAMPLE_COPY_TYPES: Final = (*_SAMPLE_TYPES[:-1], "text")
-_REGISTRY_COPY_TYPES: Final = (*_REGISTRY_TYPES, "bool")
 
 _EVENT_SQL: Final = (
-    "INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)"
-    " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::text[], %s::text[])"
+    f"INSERT INTO agent_status_events ({', '.join(n for n, _ in _EVENT)})"
+    f" SELECT * FROM {_unnest(_EVENT)}"
 )
-
 # A goodbye ends an agent's online spell unless a sample newer than it is already stored.
 _GOODBYE_SQL: Final = (
-    "WITH bye AS (SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[])"
-    " AS t(agent_id, sent_at, received_at)),"
+    f"WITH bye AS (SELECT * FROM {_unnest(_GOODBYE)}),"
     " gone AS (UPDATE agent_registry r SET status = 'offline',"
     " status_changed_at = bye.received_at, updated_at = now()"
     " FROM bye WHERE r.agent_id = bye.agent_id AND r.status = 'online'"
     " AND (r.last_sampled_at IS NULL OR r.last_sampled_at <= bye.sent_at)"
     " RETURNING r.agent_id, bye.received_at)"
-    " INSERT INTO agent_status_events (agent_id, at, from_status, to_status, reason)"
+    f" INSERT INTO agent_status_events ({', '.join(n for n, _ in _EVENT)})"
     " SELECT agent_id, received_at, 'online', 'offline', 'shutdown' FROM gone"
 )
 
@@ -362,126 +160,98 @@ _LOCK_SQL: Final = (
     "SELECT agent_id, status, principal, last_sampled_at FROM agent_registry"
     " WHERE agent_id = ANY(%s::uuid[]) ORDER BY agent_id FOR UPDATE"
 )
-WriteMethod = Literal["copy", "unnest"]
 
 
-async def lock_agents(
-    conn: psycopg.AsyncConnection[TupleRow], agent_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, AgentState]:
-    """Lock the registry rows of these agents (inside a transaction) and return their state.
-
-    Locking in ``agent_id`` order keeps concurrent ingest workers from deadlocking.
-    """
-    # One array literal: PostgreSQL parses it faster than psycopg dumps a list of UUIDs.
-    literal = "{" + ",".join(map(str, agent_ids)) + "}"
-    cur = await conn.execute(_LOCK_SQL, (literal,))
-    return {row[0]: AgentState(row[1], row[2], row[3]) for row in await cur.fetchall()}
-
-
-async def write_batch(
-    conn: psycopg.AsyncConnection[TupleRow],
-    agent_ids: Sequence[uuid.UUID],
-    plan: Callable[[dict[uuid.UUID, AgentState]], BatchWrite],
-    *,
-    method: WriteMethod = "copy",
-) -> tuple[BatchWrite, WriteResult]:
-    """Write one batch in one transaction.
-
-    ``plan`` is the caller's pure core: given the locked state of the batch's agents it
-    returns the rows to write (identity checks and transitions decided there).
-    ``method`` picks binary COPY through staging tables (default, fastest measured) or
-    ``unnest`` of array parameters. Errors are the caller's to map
-    (``Database.connection`` maps them).
-    """
-    for _ in range(_REPLAN_ATTEMPTS):
-        try:
-            return await _write_once(conn, agent_ids, plan, method)
-        except _Replan:
-            continue  # rolled back; the lock now sees the concurrently registered agents
-    raise StoreError("agents kept being registered concurrently while writing a batch")
+def _arrays(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 class _Replan(Exception):
     """A new agent of this batch was registered by a concurrent transaction meanwhile."""
 
 
-_REPLAN_ATTEMPTS: Final = 5
+class LockedBatch:
+    """The registry state of a batch's agents, locked inside the batch's transaction."""
 
+    def __init__(self, conn: Conn, state: dict[uuid.UUID, AgentState]) -> None:
+        self.state = state
+        self.replan = False  # set by write: roll back, lock and plan again
+        self._conn = conn
 
-async def _write_once(
-    conn: psycopg.AsyncConnection[TupleRow],
-    agent_ids: Sequence[uuid.UUID],
-    plan: Callable[[dict[uuid.UUID, AgentState]], BatchWrite],
-    method: WriteMethod,
-) -> tuple[BatchWrite, WriteResult]:
-    async with conn.transaction():
-        state = await lock_agents(conn, agent_ids) if agent_ids else {}
-        batch = plan(state)
-        stored = 0
-        async with conn.cursor() as cur:
-            if method == "copy":
-                stored = await _write_staged(cur, batch, state)
-            else:
-                stored = await _write_unnest(cur, batch, state)
+    async def write(self, batch: BatchWrite) -> WriteResult | None:
+        """Write rows planned against :attr:`state`. None when an agent this batch found
+        absent was registered by a concurrent transaction since the lock: the transaction
+        is rolled back when the context exits; lock and plan again."""
+        async with self._conn.cursor() as cur:
+            await cur.execute(_STAGE_DDL)
+            # Registry first: a concurrent registration is found before the heavy inserts.
+            if batch.registry and not await self._write_registry(cur, batch.registry):
+                self.replan = True
+                return None
+            stored = 0
+            if batch.samples:
+                await _copy_rows(cur, "fp_stage_samples", _SAMPLE_TYPES, batch.samples)
+                await cur.execute(_STAGED_SAMPLES)
+                stored = cur.rowcount
+            if batch.gpus:
+                await _copy_rows(cur, "fp_stage_gpus", _GPU_TYPES, batch.gpus)
+                await cur.execute(_STAGED_GPUS)
             if batch.events:
-                await cur.execute(_EVENT_SQL, _columns(batch.events, 5), binary=True)
+                await cur.execute(_EVENT_SQL, _arrays(batch.events), binary=True)
             shutdowns = 0
             if batch.goodbyes:
-                await cur.execute(_GOODBYE_SQL, _columns(batch.goodbyes, 3), binary=True)
+                await cur.execute(_GOODBYE_SQL, _arrays(batch.goodbyes), binary=True)
                 shutdowns = cur.rowcount
-    duplicates = len(batch.samples) - stored
-    return batch, WriteResult(stored, duplicates, len(batch.events) + max(shutdowns, 0))
+        duplicates = len(batch.samples) - stored
+        return WriteResult(stored, duplicates, len(batch.events) + max(shutdowns, 0))
 
-
-async def _write_staged(
-    cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
-) -> int:
-    await cur.execute(_STAGE_DDL)
-    if batch.registry:
-        # Registry first: a concurrent registration is found before the heavy inserts.
-        async with cur.copy(_COPY_REGISTRY) as copy:
-            copy.set_types(_REGISTRY_COPY_TYPES)
-            for row in batch.registry:
-                await copy.write_row((*row, row.agent_id not in state))
-        new = sum(1 for row in batch.registry if row.agent_id not in state)
+    async def _write_registry(
+        self, cur: psycopg.AsyncCursor[TupleRow], registry: Sequence[RegistryRow]
+    ) -> bool:
+        """Insert the new agents, update the known; False when a new one was taken."""
+        staged = [(*row, row.agent_id not in self.state) for row in registry]
+        await _copy_rows(cur, "fp_stage_registry", _REGISTRY_TYPES, staged)
+        new = sum(1 for row in staged if row[-1])
         if new:
             await cur.execute(_STAGED_REGISTRY_INSERT)
             if cur.rowcount < new:
-                raise _Replan
-        if new < len(batch.registry):
+                return False
+        if new < len(registry):
             await cur.execute(_STAGED_REGISTRY_UPDATE)
-    stored = 0
-    if batch.samples:
-        async with cur.copy(_COPY_SAMPLES) as copy:
-            copy.set_types(_SAMPLE_COPY_TYPES)
-            for sample in batch.samples:
-                await copy.write_row(sample)
-        await cur.execute(_STAGED_SAMPLES)
-        stored = cur.rowcount
-    if batch.gpus:
-        async with cur.copy(_COPY_GPUS) as copy:
-            copy.set_types(_GPU_TYPES)
-            for gpu in batch.gpus:
-                await copy.write_row(gpu)
-        await cur.execute(_STAGED_GPUS)
-    return stored
+        return True
 
 
-async def _write_unnest(
-    cur: psycopg.AsyncCursor[TupleRow], batch: BatchWrite, state: dict[uuid.UUID, AgentState]
-) -> int:
-    known = [row for row in batch.registry if row.agent_id in state]
-    new = [row for row in batch.registry if row.agent_id not in state]
-    if new:
-        await cur.execute(_REGISTRY_SQL, _columns(new, 21), binary=True)
-        if cur.rowcount < len(new):
-            raise _Replan
-    if known:
-        await cur.execute(_REGISTRY_UPDATE_SQL, _columns(known, 21), binary=True)
-    stored = 0
-    if batch.samples:
-        await cur.execute(_SAMPLE_SQL, _columns(batch.samples, 20), binary=True)
-        stored = cur.rowcount
-    if batch.gpus:
-        await cur.execute(_GPU_SQL, _columns(batch.gpus, 11), binary=True)
-    return stored
+async def _copy_rows(
+    cur: psycopg.AsyncCursor[TupleRow],
+    table: str,
+    types: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    async with cur.copy(_copy(table)) as copy:
+        copy.set_types(types)
+        for row in rows:
+            await copy.write_row(row)
+
+
+@contextlib.asynccontextmanager
+async def locked_batch(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> AsyncIterator[LockedBatch]:
+    """Open the batch's transaction and lock its agents' registry rows (in ``agent_id``
+    order, so concurrent workers do not deadlock); commit at exit.
+
+    When :meth:`LockedBatch.write` found a concurrent registration the transaction is
+    rolled back instead and the context exits quietly with ``batch.replan`` set. Errors
+    are the caller's to map (``Database.connection`` maps them).
+    """
+    with contextlib.suppress(_Replan):
+        async with conn.transaction():
+            batch = LockedBatch(conn, await _lock(conn, agent_ids) if agent_ids else {})
+            yield batch
+            if batch.replan:
+                raise _Replan  # rolls the transaction back
+
+
+async def _lock(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AgentState]:
+    # One array literal: PostgreSQL parses it faster than psycopg dumps a list of UUIDs.
+    literal = "{" + ",".join(map(str, agent_ids)) + "}"
+    cur = await conn.execute(_LOCK_SQL, (literal,))
+    return {row[0]: AgentState(row[1], row[2], row[3]) for row in await cur.fetchall()}

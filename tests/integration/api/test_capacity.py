@@ -15,6 +15,7 @@ import pytest
 from fleetpulse import store
 from fleetpulse.config import DatabaseSettings
 from tests.fixtures.api import GpuSeed, seed_agent, seed_profiles
+from tests.fixtures.capacity_reference import sql_capacity
 
 CAP = "/api/v1/agents/available-capacity"
 
@@ -199,7 +200,7 @@ async def test_index_answers_equal_sql_on_a_random_fleet(conn, client_for, db_ur
     ):
         for q in queries:
             api = [r["agent_id"] for r in (await client.get(CAP, params=q)).json()["items"]]
-            sql = await store.sql_capacity(c, now=datetime.now(UTC), **q)
+            sql = await sql_capacity(c, now=datetime.now(UTC), **q)
             assert api == [str(a) for a in sql], q
 
 

@@ -370,10 +370,10 @@ async def test_retention_drops_old_chunks_from_the_detector(db_url: str, amqp_ur
     assert detector.state == "closed"
 
 
-async def test_unnest_write_path_matches_copy_path(
+async def test_retired_unnest_write_method_still_loads_and_keeps_the_guarantees(
     db_url: str, amqp_url: str, clock: FakeClock
 ) -> None:
-    """The alternative write method (array parameters) keeps the same guarantees."""
+    """A config still naming the retired ``unnest`` write method works (COPY is used)."""
     agent, other = uuid.uuid4(), uuid.uuid4()
     settings = settings_for(db_url, amqp_url, write_method="unnest")
     async with running_ingest(settings, clock=clock) as (ingest, rec, _d):
