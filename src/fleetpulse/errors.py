@@ -8,7 +8,6 @@
     ├── ServiceUnavailable   a broker or database that cannot be reached (retryable)
     ├── StoreError           the database refused an operation
     │   └── PoisonRowError   one row makes the database refuse its whole batch
-    ├── IdentityError        a heartbeat from a broker identity not bound to its agent
     └── NotFound             an agent or resource that does not exist
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "FleetpulseError",
-    "IdentityError",
     "MessageError",
     "NotFound",
     "PoisonRowError",
@@ -58,10 +56,6 @@ class StoreError(FleetpulseError):
 
 class PoisonRowError(StoreError):
     """A batch was refused because of its content, not the connection."""
-
-
-class IdentityError(FleetpulseError):
-    """A heartbeat came from a broker identity other than the one bound to its agent."""
 
 
 class NotFound(FleetpulseError):

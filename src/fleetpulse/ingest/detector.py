@@ -15,23 +15,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, Self
 
-import psycopg
-from psycopg.rows import TupleRow
-
 from fleetpulse.config import Settings
 from fleetpulse.errors import FleetpulseError
 from fleetpulse.ingest.backoff import Backoff
 from fleetpulse.ingest.metrics import IngestMetrics
-from fleetpulse.store import (
-    Edition,
-    apply_retention,
-    connect,
-    detect_edition,
-    map_db_errors,
-    release_detector_lock,
-    sweep_silent,
-    try_detector_lock,
-)
+from fleetpulse.store import DetectorLease
 
 __all__ = ["SilenceDetector"]
 
@@ -43,12 +31,6 @@ log = logging.getLogger(__name__)
 # heartbeat committed long after it was received (a batch retried through an outage).
 SWEEP_OVERLAP_MIN_S: Final = 10.0
 FULL_SWEEP_INTERVAL_S: Final = 300.0
-# What PostgreSQL raises when it rolls a transaction back to break a tie (class 40).
-_ROLLED_BACK: Final = (
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.TransactionRollback,
-)
 
 
 class SilenceDetector:
@@ -72,8 +54,7 @@ class SilenceDetector:
         self.runs = 0
         self.transitions = 0
         self.state: Literal["new", "running", "closed"] = "new"
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
-        self._edition: Edition = "apache"
+        self._lease: DetectorLease | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_retention = 0.0
         self._since: datetime | None = None  # None: the next sweep looks at everyone
@@ -95,21 +76,14 @@ class SilenceDetector:
         self.state = "closed"
 
     async def _disconnect(self, *, release: bool = False) -> None:
-        conn, self._conn = self._conn, None
+        lease, self._lease = self._lease, None
         if self.is_leader:
             log.info("silence detector steps down")
         self.is_leader = False
         self._since = None
         self.metrics.detector_leader.set(0)
-        if conn is None:
-            return
-        try:
-            if release and not conn.closed:
-                await release_detector_lock(conn)
-        except psycopg.Error:
-            pass
-        finally:
-            await conn.close()
+        if lease is not None:
+            await lease.close(release=release)
 
     async def _run(self) -> None:
         interval = self.config.offline_check_interval_s
@@ -119,7 +93,7 @@ class SilenceDetector:
             try:
                 await self.tick()
                 backoff.reset()
-            except (FleetpulseError, psycopg.Error, OSError) as exc:
+            except (FleetpulseError, OSError) as exc:
                 log.warning("silence detector: %s", exc)
                 await self._disconnect()
                 await backoff.wait()
@@ -134,60 +108,45 @@ class SilenceDetector:
 
     async def tick(self) -> int:
         """One check: become leader if the lock is free; as leader, sweep. Returns transitions."""
-        database = self.settings.database
-        url = database.url
-        if self._conn is None or self._conn.closed:
-            self._conn = await connect(
-                url,
-                timeout_s=database.connect_timeout_s,
-                statement_timeout_s=database.statement_timeout_s,
-            )
-            with map_db_errors(url):
-                self._edition = await detect_edition(self._conn)
-        conn = self._conn
-        with map_db_errors(url):
-            if not self.is_leader:
-                self.is_leader = await try_detector_lock(conn)
-                self.metrics.detector_leader.set(1 if self.is_leader else 0)
-                if self.is_leader:
-                    log.info("silence detector acting (advisory lock taken)")
-            if not self.is_leader:
-                return 0
-            now = self.clock()
-            full = self._since is None or time.monotonic() >= self._next_full
-            try:
-                marked = await (
-                    self._sweep_all(conn, now) if full else self._sweep_since(conn, now)
-                )
-            except _ROLLED_BACK as exc:
-                # A batch was writing some of these rows (heartbeats back just as the agents
-                # went silent) and PostgreSQL broke a deadlock by rolling the sweep back. The
-                # batch goes on; this sweep's slice is looked at again next tick, still here.
-                log.warning("silence sweep rolled back (%s); next tick retries it", exc)
-                return 0
-            # The next sweep looks from this one's threshold on, less a margin for heartbeats
-            # that were received before it but committed after.
-            overlap = max(SWEEP_OVERLAP_MIN_S, 3 * self.config.offline_check_interval_s)
-            self._since = now - timedelta(seconds=self.config.offline_after_s + overlap)
-            self.metrics.detector_runs.inc()
-            self.runs += 1
-            if marked:
-                self.transitions += marked
-                self.metrics.detector_transitions.labels("offline").inc(marked)
-                log.info("silence detector marked %d agents offline", marked)
-            await self._maybe_retain(conn)
+        if self._lease is None or self._lease.closed:
+            lease = DetectorLease(self.settings.database)
+            await lease.open()
+            self._lease = lease
+        lease = self._lease
+        if not self.is_leader:
+            self.is_leader = await lease.try_lock()
+            self.metrics.detector_leader.set(1 if self.is_leader else 0)
+            if self.is_leader:
+                log.info("silence detector acting (advisory lock taken)")
+        if not self.is_leader:
+            return 0
+        now = self.clock()
+        full = self._since is None or time.monotonic() >= self._next_full
+        marked = await (self._sweep_all(lease, now) if full else self._sweep_since(lease, now))
+        if marked is None:
+            # A batch was writing some of these rows (heartbeats back just as the agents
+            # went silent) and PostgreSQL broke a deadlock by rolling the sweep back. The
+            # batch goes on; this sweep's slice is looked at again next tick, still here.
+            log.warning("silence sweep rolled back to break a deadlock; next tick retries it")
+            return 0
+        # The next sweep looks from this one's threshold on, less a margin for heartbeats
+        # that were received before it but committed after.
+        overlap = max(SWEEP_OVERLAP_MIN_S, 3 * self.config.offline_check_interval_s)
+        self._since = now - timedelta(seconds=self.config.offline_after_s + overlap)
+        self.metrics.detector_runs.inc()
+        self.runs += 1
+        if marked:
+            self.transitions += marked
+            self.metrics.detector_transitions.labels("offline").inc(marked)
+            log.info("silence detector marked %d agents offline", marked)
+        await self._maybe_retain(lease)
         return marked
 
     async def _timed_sweep(
-        self,
-        conn: psycopg.AsyncConnection[TupleRow],
-        now: datetime,
-        *,
-        since: datetime | None = None,
-    ) -> int:
+        self, lease: DetectorLease, now: datetime, *, since: datetime | None = None
+    ) -> int | None:
         started = time.perf_counter()
-        swept = await sweep_silent(
-            conn,
+        swept = await lease.sweep(
             now=now,
             offline_after_s=self.config.offline_after_s,
             since=since,
@@ -196,28 +155,28 @@ class SilenceDetector:
         self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
         return swept
 
-    async def _sweep_since(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
-        return await self._timed_sweep(conn, now, since=self._since)
+    async def _sweep_since(self, lease: DetectorLease, now: datetime) -> int | None:
+        return await self._timed_sweep(lease, now, since=self._since)
 
-    async def _sweep_all(self, conn: psycopg.AsyncConnection[TupleRow], now: datetime) -> int:
+    async def _sweep_all(self, lease: DetectorLease, now: datetime) -> int | None:
         """Every online agent past the threshold, in bounded statements (a mass silence, a
-        site losing its network, or the backlog a new leader finds)."""
+        site losing its network, or the backlog a new leader finds); None if rolled back."""
         marked = 0
         while True:
-            swept = await self._timed_sweep(conn, now)
+            swept = await self._timed_sweep(lease, now)
+            if swept is None:
+                return None
             marked += swept
             if swept < self.config.sweep_limit:
                 break
         self._next_full = time.monotonic() + FULL_SWEEP_INTERVAL_S
         return marked
 
-    async def _maybe_retain(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+    async def _maybe_retain(self, lease: DetectorLease) -> None:
         if self.config.retention_days <= 0 or time.monotonic() < self._next_retention:
             return
         self._next_retention = time.monotonic() + self.config.retention_check_interval_s
-        dropped = await apply_retention(
-            conn, edition=self._edition, older_than_s=self.config.retention_days * 86_400
-        )
+        dropped = await lease.retain(older_than_s=self.config.retention_days * 86_400)
         if dropped:
             log.info(
                 "retention dropped %d chunks older than %g days",

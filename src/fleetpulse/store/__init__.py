@@ -19,9 +19,8 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
     )
     from fleetpulse.store.liveness import (
         DETECTOR_LOCK_KEY as DETECTOR_LOCK_KEY,
-        release_detector_lock as release_detector_lock,
+        DetectorLease as DetectorLease,
         sweep_silent as sweep_silent,
-        try_detector_lock as try_detector_lock,
     )
     from fleetpulse.store.migrate import (
         current_revision as current_revision,
@@ -80,7 +79,7 @@ else:
         {
             "engine": "RETRYABLE_DB_ERRORS Database Edition connect detect_edition map_db_errors",
             "event_feed": "EventFeed EventSubscription",
-            "liveness": "DETECTOR_LOCK_KEY release_detector_lock sweep_silent try_detector_lock",
+            "liveness": "DETECTOR_LOCK_KEY DetectorLease sweep_silent",
             "migrate": "current_revision downgrade ensure_database head_revision upgrade",
             "queries": (
                 "AgentRecord GpuBucket GpuState HostBucket StatusEvent fetch_agent fetch_agents "

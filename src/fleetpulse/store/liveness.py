@@ -1,19 +1,25 @@
-"""Silence detection in the database: one statement per sweep, one leader by advisory lock."""
+"""Silence detection in the database: one statement per sweep, one leader by advisory lock.
+
+:class:`DetectorLease` is the silence detector's whole hold on the database (its own
+connection, the session advisory lock that makes it the acting one, the edition found at
+connect): the detector itself sees only fleetpulse errors.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal, Self
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import TupleRow
 
-__all__ = [
-    "DETECTOR_LOCK_KEY",
-    "release_detector_lock",
-    "sweep_silent",
-    "try_detector_lock",
-]
+from fleetpulse.config import DatabaseSettings
+from fleetpulse.errors import StoreError
+from fleetpulse.store.engine import Edition, connect, detect_edition, map_db_errors
+from fleetpulse.store.retention import apply_retention
+
+__all__ = ["DETECTOR_LOCK_KEY", "DetectorLease", "sweep_silent"]
 
 # Fixed key of the session-level advisory lock only the acting detector holds.
 DETECTOR_LOCK_KEY: Final = 0x666C_7470_6C73_0001  # "fltpls" + 1
@@ -78,12 +84,107 @@ async def sweep_silent(
         return max(cur.rowcount, 0)
 
 
-async def try_detector_lock(conn: psycopg.AsyncConnection[TupleRow]) -> bool:
-    """Take the detector's session advisory lock if free; it is released when the session ends."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (DETECTOR_LOCK_KEY,))
-    row = await cur.fetchone()
-    return bool(row and row[0])
+# What PostgreSQL raises when it rolls a transaction back to break a tie (class 40).
+_ROLLED_BACK: Final = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.TransactionRollback,
+)
 
 
-async def release_detector_lock(conn: psycopg.AsyncConnection[TupleRow]) -> None:
-    await conn.execute("SELECT pg_advisory_unlock(%s)", (DETECTOR_LOCK_KEY,))
+class DetectorLease:
+    """``async with DetectorLease(settings) as lease`` (or :meth:`open` / :meth:`close`):
+    one connection of its own, on which :meth:`try_lock` takes the detector's session
+    advisory lock. The server releases the lock when the session ends, so a holder whose
+    process or connection dies hands over to the next one to ask.
+
+    States: new → open → closed. Every method raises fleetpulse errors only.
+    """
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.edition: Edition = "apache"
+        self.state: Literal["new", "open", "closed"] = "new"
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True unless open on a live connection."""
+        return self._conn is None or self._conn.closed
+
+    @property
+    def _open_conn(self) -> psycopg.AsyncConnection[TupleRow]:
+        if self._conn is None:
+            raise StoreError("detector lease is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        conn = await connect(
+            self.url,
+            timeout_s=self.settings.connect_timeout_s,
+            statement_timeout_s=self.settings.statement_timeout_s,
+        )
+        try:
+            with map_db_errors(self.url):
+                self.edition = await detect_edition(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self.state = "open"
+
+    async def close(self, *, release: bool = True) -> None:
+        """Close the connection, releasing the lock first if asked (the end of the session
+        releases it anyway); a connection already broken is closed quietly."""
+        conn, self._conn = self._conn, None
+        self.state = "closed"
+        if conn is None:
+            return
+        try:
+            if release and not conn.closed:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (DETECTOR_LOCK_KEY,))
+        except psycopg.Error:
+            pass
+        finally:
+            await conn.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def try_lock(self) -> bool:
+        """Take the detector's advisory lock if free (held until released or closed)."""
+        with map_db_errors(self.url):
+            cur = await self._open_conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (DETECTOR_LOCK_KEY,)
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def sweep(
+        self, *, now: datetime, offline_after_s: float, since: datetime | None, limit: int
+    ) -> int | None:
+        """:func:`sweep_silent` on this connection; None when PostgreSQL rolled the sweep
+        back to break a deadlock with a batch writing the same rows (nothing was marked)."""
+        with map_db_errors(self.url):
+            try:
+                return await sweep_silent(
+                    self._open_conn,
+                    now=now,
+                    offline_after_s=offline_after_s,
+                    since=since,
+                    limit=limit,
+                )
+            except _ROLLED_BACK:
+                return None
+
+    async def retain(self, *, older_than_s: float) -> int:
+        """:func:`~fleetpulse.store.retention.apply_retention` for the edition found."""
+        with map_db_errors(self.url):
+            return await apply_retention(
+                self._open_conn, edition=self.edition, older_than_s=older_than_s
+            )

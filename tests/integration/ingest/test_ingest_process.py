@@ -127,7 +127,7 @@ async def test_detector_failover_when_leader_process_dies(
         async with SilenceDetector(
             settings, metrics=metrics, clock=clock, sleep=instant_sleep
         ) as survivor:
-            await wait_until(lambda: survivor._conn is not None)
+            await wait_until(lambda: survivor._lease is not None)
             await asyncio.sleep(0.2)
             assert survivor.is_leader is False
             assert survivor.runs == 0
