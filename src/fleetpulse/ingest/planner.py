@@ -162,8 +162,9 @@ def plan_batch(
             samples.append(_sample_row(message, delivery, pool))
             gpus.extend(_gpu_rows(message))
             spells.see(message, delivery, pool)
-    registry = [spells.registry_row(a, principals.get(a)) for a in sorted(spells.newest)]
-    events = [e for a in sorted(spells.newest) if (e := spells.transition(a, state.get(a)))]
+    agents = sorted(spells.newest)
+    registry = [spells.registry_row(a, principals.get(a)) for a in agents]
+    events = [e for a in agents if (e := spells.transition(a, state.get(a))) is not None]
     write = BatchWrite(samples, gpus, registry, events, goodbyes)
     return Plan(write, rejected, accepted, len(goodbyes))
 
@@ -224,13 +225,15 @@ class _Spells:
     def see(self, message: Heartbeat, delivery: Delivery, pool: str) -> None:
         agent_id, received = message.agent_id, delivery.received_at
         seen = self.newest.get(agent_id)
-        if seen is None or message.sampled_at > seen[0].sampled_at:
+        if seen is None:
             self.newest[agent_id] = (message, pool)
-        first = self.first_received.get(agent_id)
-        if first is None or received < first:
+            self.first_received[agent_id] = self.last_received[agent_id] = received
+            return
+        if message.sampled_at > seen[0].sampled_at:
+            self.newest[agent_id] = (message, pool)
+        if received < self.first_received[agent_id]:
             self.first_received[agent_id] = received
-        last = self.last_received.get(agent_id)
-        if last is None or received > last:
+        if received > self.last_received[agent_id]:
             self.last_received[agent_id] = received
 
     def registry_row(self, agent_id: uuid.UUID, principal: str | None) -> RegistryRow:

@@ -21,6 +21,7 @@ __all__ = [
     "connect",
     "detect_edition",
     "map_db_errors",
+    "open_session",
 ]
 
 Edition = Literal["apache", "timescale"]
@@ -89,6 +90,23 @@ async def detect_edition(conn: psycopg.AsyncConnection[TupleRow]) -> Edition:
     return "timescale" if license_name == "timescale" else "apache"
 
 
+async def open_session(
+    settings: DatabaseSettings,
+) -> tuple[psycopg.AsyncConnection[TupleRow], Edition]:
+    """One connection with the settings' timeouts, and the edition found on it."""
+    conn = await connect(
+        settings.url,
+        timeout_s=settings.connect_timeout_s,
+        statement_timeout_s=settings.statement_timeout_s,
+    )
+    try:
+        with map_db_errors(settings.url):
+            return conn, await detect_edition(conn)
+    except BaseException:
+        await conn.close()
+        raise
+
+
 class Database:
     """A pool of connections with the TimescaleDB edition found at connect time.
 
@@ -110,14 +128,8 @@ class Database:
 
     async def open(self) -> None:
         # Probe once so a missing server is one clear line, not a pool retrying forever.
-        probe = await connect(
-            self.url,
-            timeout_s=self.settings.connect_timeout_s,
-            statement_timeout_s=self.settings.statement_timeout_s,
-        )
-        async with probe:
-            with map_db_errors(self.url):
-                self.edition = await detect_edition(probe)
+        probe, self.edition = await open_session(self.settings)
+        await probe.close()
         self._pool = AsyncConnectionPool(
             self.url,
             min_size=self.settings.pool_min_size,

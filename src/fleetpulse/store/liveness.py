@@ -16,7 +16,7 @@ from psycopg.rows import TupleRow
 
 from fleetpulse.config import DatabaseSettings
 from fleetpulse.errors import StoreError
-from fleetpulse.store.engine import Edition, connect, detect_edition, map_db_errors
+from fleetpulse.store.engine import Edition, map_db_errors, open_session
 from fleetpulse.store.retention import apply_retention
 
 __all__ = ["DETECTOR_LOCK_KEY", "DetectorLease", "sweep_silent"]
@@ -120,18 +120,7 @@ class DetectorLease:
         return self._conn
 
     async def open(self) -> None:
-        conn = await connect(
-            self.url,
-            timeout_s=self.settings.connect_timeout_s,
-            statement_timeout_s=self.settings.statement_timeout_s,
-        )
-        try:
-            with map_db_errors(self.url):
-                self.edition = await detect_edition(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
+        self._conn, self.edition = await open_session(self.settings)
         self.state = "open"
 
     async def close(self, *, release: bool = True) -> None:
