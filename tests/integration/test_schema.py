@@ -12,6 +12,7 @@ from psycopg import sql
 from fleetpulse import store
 from fleetpulse.config import DatabaseSettings
 from fleetpulse.errors import ServiceUnavailable
+from fleetpulse.store.rows import columns
 from tests.conftest import RUN_ID, with_database
 
 
@@ -178,3 +179,42 @@ async def test_unreachable_database_is_one_clear_line() -> None:
     assert "pw" not in message
     assert "make services" in message
     assert "\n" not in message
+
+
+def column_types(db_url: str, table: str) -> dict[str, str]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s",
+            (table,),
+        ).fetchall()
+    return dict(rows)
+
+
+@pytest.mark.parametrize(
+    ("row", "table"),
+    [
+        (store.SampleRow, "agent_samples"),
+        (store.GpuRow, "gpu_samples"),
+        (store.EventRow, "agent_status_events"),
+    ],
+)
+def test_the_row_declarations_match_the_migrated_tables(db_url: str, row: type, table: str) -> None:
+    """The write path derives every column list and type from the row classes; the
+    migrations state the tables once more: the two must name the same columns and types."""
+    found = column_types(db_url, table)
+    arrays = {"text[]": "_text"}
+    for name, pg in columns(row):
+        landed = pg.cast or pg.name
+        assert found.get(name) == arrays.get(landed, landed), (table, name)
+
+
+def test_a_registry_row_field_lands_on_a_registry_column_of_its_type(db_url: str) -> None:
+    found = column_types(db_url, "agent_registry")
+    target = {
+        "first_received_at": "first_seen_at",
+        "received_at": "last_heartbeat_at",
+        "sampled_at": "last_sampled_at",
+        "seq": "last_seq",
+    }
+    for name, pg in columns(store.RegistryRow):
+        assert found.get(target.get(name, name)) == (pg.cast or pg.name), name
