@@ -8,19 +8,31 @@
     ├── ServiceUnavailable   a broker or database that cannot be reached (retryable)
     ├── StoreError           the database refused an operation
     │   └── PoisonRowError   one row makes the database refuse its whole batch
-    └── NotFound             an agent or resource that does not exist
+    ├── NotFound             an agent or resource that does not exist
+    │   └── ApiNotFound      ... as the HTTP API answered it (404; also an ApiError)
+    └── ApiError             the HTTP API answered an error (``status_code``, server's ``detail``)
+        ├── BadRequest       400: a parameter is malformed or out of range
+        ├── Unauthorized     401: missing or wrong bearer token
+        ├── Conflict         409: e.g. capacity someone else has claimed; ask again
+        └── ApiUnavailable   502/503/504: the API or its database is down (retryable)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ApiError",
+    "ApiNotFound",
+    "ApiUnavailable",
+    "BadRequest",
     "ConfigError",
+    "Conflict",
     "FleetpulseError",
     "MessageError",
     "NotFound",
     "PoisonRowError",
     "ServiceUnavailable",
     "StoreError",
+    "Unauthorized",
 ]
 
 
@@ -60,3 +72,34 @@ class PoisonRowError(StoreError):
 
 class NotFound(FleetpulseError):
     """The thing asked for does not exist."""
+
+
+class ApiError(FleetpulseError):
+    """The HTTP API answered an error; the message is the server's ``detail``."""
+
+    def __init__(self, status_code: int, detail: str, *, url: str = "") -> None:
+        super().__init__(f"{detail} (HTTP {status_code}{' from ' + url if url else ''})")
+        self.status_code = status_code
+        self.detail = detail
+        self.url = url
+
+
+class BadRequest(ApiError):
+    """400: the server names the offending parameter in ``detail``."""
+
+
+class Unauthorized(ApiError):
+    """401: the API wants a bearer token (``token=`` / ``--token``) it accepts."""
+
+
+class ApiNotFound(ApiError, NotFound):
+    """404: no agent (or claim) with this id."""
+
+
+class Conflict(ApiError):
+    """409: the request conflicts with the current state, e.g. a claim on capacity already
+    taken. Catch it and ask for capacity again."""
+
+
+class ApiUnavailable(ApiError):
+    """502, 503 or 504: the API, or the database behind it, is down for now."""

@@ -1,0 +1,68 @@
+"""``fleetpulse.client``: the HTTP API from Python, sync (:class:`Client`) and async
+(:class:`AsyncClient`). Needs only httpx and msgspec (it ships in the light install).
+
+>>> from fleetpulse.client import Client
+>>> with Client("http://127.0.0.1:8000", token="s3cret") as api:
+...     for machine in api.capacity(min_gpu_vram_gb=8, pool="render").items:
+...         print(machine.hostname, machine.gpu_vram_available_gb, machine.matching_gpus)
+agent1 8.0 (0,)
+
+Every answer is a frozen msgspec struct with the JSON's field names (``models``). Errors
+are :mod:`fleetpulse.errors` types: ``BadRequest``, ``Unauthorized``, ``ApiNotFound``,
+``Conflict`` (409), ``ApiUnavailable``, all ``ApiError``; ``ServiceUnavailable`` when the
+API cannot be reached at all.
+"""
+
+from __future__ import annotations
+
+from fleetpulse.client.aio import AsyncClient
+from fleetpulse.client.models import (
+    Agent,
+    AgentList,
+    Capacity,
+    CapacityList,
+    Event,
+    EventList,
+    Gpu,
+    Health,
+    History,
+    HistoryGpu,
+    HistoryPoint,
+    Stat,
+)
+from fleetpulse.client.options import DEFAULT_URL
+from fleetpulse.client.sync import Client
+from fleetpulse.errors import (
+    ApiError,
+    ApiNotFound,
+    ApiUnavailable,
+    BadRequest,
+    Conflict,
+    ServiceUnavailable,
+    Unauthorized,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "Agent",
+    "AgentList",
+    "ApiError",
+    "ApiNotFound",
+    "ApiUnavailable",
+    "AsyncClient",
+    "BadRequest",
+    "Capacity",
+    "CapacityList",
+    "Client",
+    "Conflict",
+    "Event",
+    "EventList",
+    "Gpu",
+    "Health",
+    "History",
+    "HistoryGpu",
+    "HistoryPoint",
+    "ServiceUnavailable",
+    "Stat",
+    "Unauthorized",
+]

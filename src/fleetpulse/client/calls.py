@@ -1,0 +1,263 @@
+"""The I/O-free half of the client: what each call sends, how answers and errors decode,
+when to retry, and how a Server-Sent Events stream splits into messages. The sync and
+async clients only move bytes."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Generic, TypeVar
+
+import msgspec
+
+from fleetpulse.client.models import (
+    Agent,
+    AgentList,
+    Capacity,
+    CapacityList,
+    Event,
+    EventList,
+    Health,
+    History,
+)
+from fleetpulse.errors import (
+    ApiError,
+    ApiNotFound,
+    ApiUnavailable,
+    BadRequest,
+    Conflict,
+    Unauthorized,
+)
+
+__all__ = [
+    "EVENTS_STREAM",
+    "RETRY_STATUSES",
+    "Call",
+    "SseMessage",
+    "SseParser",
+    "agent",
+    "agent_capacity",
+    "agents",
+    "capacity",
+    "decoded",
+    "error_of",
+    "event_of",
+    "events",
+    "health",
+    "history",
+    "ready",
+    "retry_delay_s",
+    "stream_params",
+]
+
+T = TypeVar("T")
+
+EVENTS_STREAM: Final = "/api/v1/events/stream"
+# Answers worth another try of an idempotent call: the API or a proxy in front of it is
+# (re)starting, or the database is briefly away (the API then says Retry-After).
+RETRY_STATUSES: Final = frozenset({502, 503, 504})
+_ERRORS: Final[Mapping[int, type[ApiError]]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: ApiNotFound,
+    409: Conflict,
+    502: ApiUnavailable,
+    503: ApiUnavailable,
+    504: ApiUnavailable,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request: ``into`` is the struct its 2xx body decodes to."""
+
+    method: str
+    path: str
+    into: type[T]
+    params: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    idempotent: bool = True
+
+    def decode(self, content: bytes) -> T:
+        return msgspec.json.decode(content, type=self.into)
+
+
+def _params(**given: object) -> dict[str, str]:
+    """Query parameters as the API reads them; None (and empty text) means "not given"."""
+    out: dict[str, str] = {}
+    for name, value in given.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, datetime):
+            out[name] = value.isoformat()
+        elif isinstance(value, bool):  # pragma: no cover - no boolean parameter yet
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _agent_path(agent_id: uuid.UUID | str) -> str:
+    return f"/api/v1/agents/{uuid.UUID(str(agent_id))}"
+
+
+def agents(
+    *,
+    status: str | None = None,
+    pool: str | None = None,
+    limit: int = 1000,
+    after: uuid.UUID | str | None = None,
+) -> Call[AgentList]:
+    params = _params(status=status, pool=pool, limit=limit, after=after)
+    return Call("GET", "/api/v1/agents", AgentList, params)
+
+
+def agent(agent_id: uuid.UUID | str) -> Call[Agent]:
+    return Call("GET", _agent_path(agent_id), Agent)
+
+
+def agent_capacity(agent_id: uuid.UUID | str) -> Call[Capacity]:
+    return Call("GET", f"{_agent_path(agent_id)}/capacity", Capacity)
+
+
+def capacity(
+    *,
+    min_gpu_vram_gb: float | None = None,
+    min_cpu_cores: int | None = None,
+    min_mem_gb: float | None = None,
+    min_gpu_count: int | None = None,
+    gpu_type: str | None = None,
+    pool: str | None = None,
+    max_sample_age_s: float | None = None,
+    min_reliability: float | None = None,
+    limit: int | None = None,
+) -> Call[CapacityList]:
+    params = _params(
+        min_gpu_vram_gb=min_gpu_vram_gb,
+        min_cpu_cores=min_cpu_cores,
+        min_mem_gb=min_mem_gb,
+        min_gpu_count=min_gpu_count,
+        gpu_type=gpu_type,
+        pool=pool,
+        max_sample_age_s=max_sample_age_s,
+        min_reliability=min_reliability,
+        limit=limit,
+    )
+    return Call("GET", "/api/v1/agents/available-capacity", CapacityList, params)
+
+
+def history(
+    agent_id: uuid.UUID | str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    bucket: str | int | None = None,
+) -> Call[History]:
+    params = _params(since=since, until=until, bucket=bucket)
+    return Call("GET", f"{_agent_path(agent_id)}/metrics", History, params)
+
+
+def events(
+    *,
+    agent_id: uuid.UUID | str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    limit: int | None = None,
+) -> Call[EventList]:
+    params = _params(agent_id=agent_id, since=since, until=until, after_id=after_id, limit=limit)
+    return Call("GET", "/api/v1/events", EventList, params)
+
+
+def stream_params(agent_id: uuid.UUID | str | None) -> dict[str, str]:
+    return _params(agent_id=agent_id)
+
+
+def health() -> Call[Health]:
+    return Call("GET", "/healthz", Health)
+
+
+def ready() -> Call[Health]:
+    return Call("GET", "/readyz", Health)
+
+
+class _ErrorBody(msgspec.Struct):
+    detail: str = ""
+
+
+def error_of(status_code: int, content: bytes, url: str) -> ApiError:
+    """The project's error for an error answer, with the server's ``detail`` as message."""
+    try:
+        detail = msgspec.json.decode(content, type=_ErrorBody).detail
+    except msgspec.DecodeError:
+        detail = ""
+    if not detail:
+        detail = content.decode("utf-8", "replace").strip()[:200] or "no detail"
+    kind = _ERRORS.get(status_code, ApiError)
+    return kind(status_code, detail, url=url)
+
+
+def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter: many clients never retry in lock-step."""
+    return rng.uniform(0.0, min(max_s, base_s * 2.0 ** min(attempt, 32)))
+
+
+@dataclass(frozen=True, slots=True)
+class SseMessage:
+    event: str
+    data: str
+    id: str | None
+
+
+class SseParser:
+    """Server-Sent Events, line by line (the WHATWG rules the API's stream needs): fields
+    ``event``, ``data`` (joined by newlines), ``id``, ``retry``; comments are skipped."""
+
+    def __init__(self) -> None:
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SseMessage | None:
+        """One line without its end; a message when the line ends one."""
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            message = SseMessage(self._event or "message", "\n".join(self._data), self.last_id)
+            self._event, self._data = "", []
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+        return None
+
+
+def decoded(call: Call[T], content: bytes, url: str) -> T:
+    """A 2xx body as ``call.into``; one that does not fit it is an ``ApiError`` naming both."""
+    try:
+        return call.decode(content)
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            200, f"answer does not decode as {call.into.__name__}: {exc}", url=url
+        ) from None
+
+
+def event_of(data: str) -> Event:
+    try:
+        return msgspec.json.decode(data, type=Event)
+    except msgspec.DecodeError as exc:
+        raise ApiError(200, f"event stream sent an event that does not decode: {exc}") from None
