@@ -85,9 +85,11 @@ def test_a_call_that_is_not_idempotent_is_sent_once() -> None:
     [(400, BadRequest), (401, Unauthorized), (404, ApiNotFound), (409, Conflict), (418, ApiError)],
 )
 def test_error_answers_become_project_errors_with_the_detail(status: int, kind: type) -> None:
-    with _client(lambda request: _error(status, f"detail {status}")) as api:
-        with pytest.raises(kind) as caught:
-            api.agent(uuid.uuid4())
+    with (
+        _client(lambda request: _error(status, f"detail {status}")) as api,
+        pytest.raises(kind) as caught,
+    ):
+        api.agent(uuid.uuid4())
     assert type(caught.value) is kind
     assert caught.value.detail == f"detail {status}"
     assert f"HTTP {status}" in str(caught.value)
@@ -95,9 +97,11 @@ def test_error_answers_become_project_errors_with_the_detail(status: int, kind: 
 
 
 def test_an_error_without_json_keeps_its_text() -> None:
-    with _client(lambda request: httpx.Response(502, text="Bad Gateway")) as api:
-        with pytest.raises(ApiUnavailable, match="Bad Gateway"):
-            api.health()
+    with (
+        _client(lambda request: httpx.Response(502, text="Bad Gateway")) as api,
+        pytest.raises(ApiUnavailable, match="Bad Gateway"),
+    ):
+        api.health()
 
 
 def test_an_unreachable_api_names_the_url_and_the_fix() -> None:
@@ -111,9 +115,11 @@ def test_an_unreachable_api_names_the_url_and_the_fix() -> None:
 
 
 def test_an_answer_that_does_not_fit_is_an_api_error() -> None:
-    with _client(lambda request: httpx.Response(200, json={"status": "maybe"})) as api:
-        with pytest.raises(ApiError, match="Health"):
-            api.health()
+    with (
+        _client(lambda request: httpx.Response(200, json={"status": "maybe"})) as api,
+        pytest.raises(ApiError, match="Health"),
+    ):
+        api.health()
 
 
 def test_token_and_user_agent_are_sent() -> None:
@@ -206,9 +212,11 @@ def test_stream_resumes_with_last_event_id_after_a_drop() -> None:
 
 
 def test_stream_raises_when_the_api_refuses_it() -> None:
-    with _client(lambda request: _error(401, "missing or invalid bearer token")) as api:
-        with pytest.raises(Unauthorized, match="bearer"):
-            next(api.stream_events())
+    with (
+        _client(lambda request: _error(401, "missing or invalid bearer token")) as api,
+        pytest.raises(Unauthorized, match="bearer"),
+    ):
+        next(api.stream_events())
 
 
 async def test_async_client_maps_errors_and_streams() -> None:
