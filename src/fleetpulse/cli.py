@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from fleetpulse import __version__
 from fleetpulse.config import Settings, load_settings
@@ -57,9 +58,41 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from fleetpulse.api import run_status
+    from fleetpulse.console import run_status
 
     return run_status(settings, api_url=args.api_url, token=args.token)
+
+
+def _capacity(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.console import CapacityQuery, run_capacity
+
+    query = CapacityQuery(
+        min_gpu_vram_gb=args.min_gpu_vram,
+        min_cpu_cores=args.min_cores,
+        min_mem_gb=args.min_mem,
+        min_gpu_count=args.min_gpus,
+        gpu_type=args.gpu_type,
+        pool=args.pool,
+        max_sample_age_s=args.max_age,
+        min_reliability=args.min_reliability,
+        limit=args.limit,
+    )
+    return run_capacity(settings, query, api_url=args.api_url, token=args.token, as_json=args.json)
+
+
+def _events(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.console import run_events
+
+    since = args.since or datetime.now(UTC) - timedelta(hours=1)
+    return run_events(
+        settings,
+        api_url=args.api_url,
+        token=args.token,
+        agent_id=args.agent,
+        since=since,
+        follow=args.follow,
+        as_json=args.json,
+    )
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
@@ -104,6 +137,27 @@ def _timestamp(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
 
 
+def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _agent_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an agent id (UUID): {text!r}") from None
+
+
 def _quiet_connect_retries(record: logging.LogRecord) -> bool:
     """aiormq logs every refused connect at ERROR; the agent and ingest say once per outage,
     with the URL, what failed, so those lines would only bury everything else."""
@@ -140,9 +194,55 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     command("ingest", _ingest, "consume heartbeats into TimescaleDB and detect silence")
     command("api", _api, "serve the capacity API and Prometheus metrics")
-    status = command("status", _status, "print the fleet as a table")
-    status.add_argument("--api-url", default=None, help="API base URL (default from settings)")
-    status.add_argument("--token", default=None, help="bearer token, if the API requires one")
+
+    def api_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--api-url", default=None, help="API base URL (default from settings)")
+        sub.add_argument(
+            "--token",
+            default=None,
+            help="bearer token, if the API requires one (default: the first of api.auth_tokens)",
+        )
+
+    api_options(command("status", _status, "print the fleet as a table"))
+    capacity = command("capacity", _capacity, "online machines that can take a job now")
+    api_options(capacity)
+    capacity.add_argument(
+        "--min-gpu-vram", type=_non_negative(float), metavar="GB", help="free VRAM on one GPU"
+    )
+    capacity.add_argument(
+        "--min-gpus", type=_non_negative(int), metavar="N", help="GPUs that each qualify"
+    )
+    capacity.add_argument(
+        "--min-cores", type=_non_negative(int), metavar="N", help="available cores"
+    )
+    capacity.add_argument(
+        "--min-mem", type=_non_negative(float), metavar="GB", help="available memory"
+    )
+    capacity.add_argument("--gpu-type", metavar="T", help="GPU name, e.g. 'NVIDIA L4'")
+    capacity.add_argument("--pool", metavar="P", help="only this pool")
+    capacity.add_argument(
+        "--max-age", type=_non_negative(float), metavar="S", help="sample at most S s old"
+    )
+    capacity.add_argument(
+        "--min-reliability",
+        type=_non_negative(float),
+        metavar="R",
+        help="share online over 30 days, 0-1",
+    )
+    capacity.add_argument(
+        "--limit", type=_non_negative(int), metavar="N", help="at most N (API default 100)"
+    )
+    capacity.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+    events = command(
+        "events", _events, "status transitions (online/offline), optionally as they happen"
+    )
+    api_options(events)
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new ones")
+    events.add_argument("--agent", type=_agent_id, metavar="ID", help="only this agent's")
+    events.add_argument(
+        "--since", type=_timestamp, default=None, help="ISO 8601 time (default: an hour ago)"
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object a line")
     up = command("up", _up, "run the whole system on this machine")
     up.add_argument("--agents", type=int, default=6, help="simulated agents (default 6)")
     up.add_argument("--interval", type=float, default=5.0, help="heartbeat interval in s")

@@ -1,4 +1,4 @@
-"""fleetpulse.api: the capacity API, its Prometheus exporter and the fleet table."""
+"""fleetpulse.api: the capacity API and its Prometheus exporter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
     from fleetpulse.api.app import create_app as create_app
     from fleetpulse.api.server import run_api as run_api
-    from fleetpulse.api.status import run_status as run_status
 else:
     from fleetpulse._lazy import lazy_face
 
@@ -16,6 +15,5 @@ else:
         {
             "app": "create_app",
             "server": "run_api",
-            "status": "run_status",
         },
     )

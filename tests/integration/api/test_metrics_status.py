@@ -6,8 +6,9 @@ import asyncio
 import io
 import socket
 
-from fleetpulse.api import create_app, run_status
+from fleetpulse.api import create_app
 from fleetpulse.config import ApiSettings, Settings
+from fleetpulse.console import run_status
 from tests.fixtures.api import GpuSeed, api_settings, live_server, seed_agent, seed_profiles
 
 GIB = 1024**3
