@@ -3,8 +3,10 @@
 # Called by `make services` and `.ci/run`.
 #
 #   postgresql  PostgreSQL 15 (Debian postgresql-15), cluster 15/main on 127.0.0.1:5432, user postgres with
-#               trust auth over TCP, max_connections >= 200, TimescaleDB (Apache-2 edition, built from
-#               Debian trixie's *source* package) in shared_preload_libraries, telemetry off.
+#               trust auth over TCP, max_connections >= 200, shared_buffers a quarter of RAM (<= 2 GB),
+#               TimescaleDB (Apache-2 edition, built from Debian trixie's *source* package) in
+#               shared_preload_libraries, telemetry off. Its status line states these settings. The kernel's
+#               huge-page reservation is changed only with FLEETPULSE_HUGE_PAGES=1 (see below).
 #   rabbitmq    RabbitMQ (Debian rabbitmq-server) on 127.0.0.1:5672 (guest/guest), management plugin with
 #               the HTTP API on http://127.0.0.1:15672 (guest/guest works from localhost only).
 #   tools       prometheus + promtool (the Debian prometheus *service* is kept stopped and disabled; tests
@@ -42,10 +44,10 @@ PG_MEM_KB=$(meminfo MemTotal)
 PG_WANT_BUFFERS=$(( PG_MEM_KB / 4 / 8 ))
 (( PG_WANT_BUFFERS <= 262144 )) || PG_WANT_BUFFERS=262144
 (( PG_WANT_BUFFERS >= 16384 )) || PG_WANT_BUFFERS=16384
-# Huge pages for that shared memory (FLEETPULSE_HUGE_PAGES=0: leave the kernel's setting alone). On a VM a
-# page-table walk per buffer touched costs more than the work: the silence sweep at a million agents took
-# 100 ms on 4 kB pages here against 77 ms on huge pages. Reserved with vm.nr_hugepages (root only; also written to sysctl.d), and
-# used by PostgreSQL's default huge_pages=try, which falls back to normal pages when there are too few.
+# Huge pages for that shared memory are opt-in (FLEETPULSE_HUGE_PAGES=1), as they change a kernel setting of
+# the whole machine: vm.nr_hugepages (root only; also written to sysctl.d). They spare PostgreSQL a page-table
+# walk per buffer touched: the silence sweep at a million agents took 77 ms on huge pages against 100 ms on
+# 4 kB pages here (README). PostgreSQL's default huge_pages=try uses them when there are enough, else normal pages.
 PG_WANT_HUGE=$(( PG_WANT_BUFFERS * 8 / 2048 * 11 / 10 + 64 ))   # 2 MB pages: buffers + 10 % + the rest
 HUGE_SYSCTL=/etc/sysctl.d/60-fleetpulse-hugepages.conf
 HUGE_UNAVAILABLE=/run/fleetpulse-hugepages-unavailable
@@ -159,7 +161,7 @@ probe_postgresql() {
     # files: the Timescale-License part lives in a separate timescaledb-tsl-*.so, absent in the Apache build
     lic=apache
     compgen -G "$PG_LIB_DIR/timescaledb-tsl-*.so" >/dev/null && lic="timescale license available"
-    PG_INFO="timescaledb ${ext:-?} (${lic:-?}) on $PG_HOST:$PG_PORT (PostgreSQL $ver, max_connections=$maxc, shared_buffers=$(( bufs / 128 ))MB)"
+    PG_INFO="timescaledb ${ext:-?} (${lic:-?}) on $PG_HOST:$PG_PORT (PostgreSQL $ver, max_connections=$maxc, shared_buffers=$(( bufs / 128 ))MB, $(huge_pages_state))"
     log "postgresql probe: version=$ver spl=$spl max_connections=$maxc telemetry=$telem license=$lic ext=$ext"
     PG_PROBLEM=""
     [[ $PG_VERNUM == "$PG_MAJOR"* ]] || { PG_PROBLEM="server on $PG_HOST:$PG_PORT is PostgreSQL $ver, not $PG_MAJOR"; return 1; }
@@ -172,17 +174,30 @@ probe_postgresql() {
     return 0
 }
 
-# 0 when there is nothing (more) to do about huge pages: not wanted, cannot be changed by us, tried and
-# unavailable, or some in use (PostgreSQL is the only big user of shared memory on such a box).
-# 0 when huge pages are ours to arrange: wanted, settable, not found unavailable since boot.
+# 0 when huge pages are ours to arrange: asked for (FLEETPULSE_HUGE_PAGES=1), settable, not found
+# unavailable since boot. Otherwise the kernel's setting is left exactly as found.
 huge_pages_ours() {
-    [[ ${FLEETPULSE_HUGE_PAGES:-1} != 0 && -w /proc/sys/vm/nr_hugepages && ! -e $HUGE_UNAVAILABLE ]]
+    [[ ${FLEETPULSE_HUGE_PAGES:-0} == 1 && -w /proc/sys/vm/nr_hugepages && ! -e $HUGE_UNAVAILABLE ]]
 }
+# 0 when there is nothing (more) to do about huge pages: not asked for, cannot be changed by us, tried and
+# unavailable, or some in use (PostgreSQL is the only big user of shared memory on such a box).
 huge_pages_settled() {
     huge_pages_ours || return 0
     local total free rsvd
     total=$(meminfo HugePages_Total) free=$(meminfo HugePages_Free) rsvd=$(meminfo HugePages_Rsvd)
     (( total - free + rsvd > 0 ))
+}
+# What the status line says about huge pages (the kernel's reservation, whoever made it).
+huge_pages_state() {
+    local total
+    total=$(meminfo HugePages_Total)
+    if (( ${total:-0} > 0 )); then
+        printf 'vm.nr_hugepages=%s' "$total"
+    elif [[ ${FLEETPULSE_HUGE_PAGES:-0} == 1 ]]; then
+        printf '4 kB pages: huge pages asked for but unavailable'
+    else
+        printf '4 kB pages; FLEETPULSE_HUGE_PAGES=1 reserves huge pages'
+    fi
 }
 # Reserve enough 2 MB pages for shared_buffers; sets HUGE_ACTION. Returns 1 when the kernel gave too few
 # (then they are handed back and not asked for again until the next boot).
@@ -499,7 +514,7 @@ ensure_postgresql() {
     # configuration (conf.d drop-in)
     HINT="see the log and /var/log/postgresql/postgresql-$PG_MAJOR-main.log"
     pg_write_dropin
-    (( PG_DROPIN_CHANGED )) && PG_ACTIONS+=("wrote ${PG_DROPIN#"$PG_CONF_DIR"/}")
+    (( PG_DROPIN_CHANGED )) && PG_ACTIONS+=("wrote ${PG_DROPIN#"$PG_CONF_DIR"/} (max_connections=$PG_WANT_MAXC, shared_buffers=$(( PG_WANT_BUFFERS / 128 ))MB, listen_addresses=$PG_WANT_LISTEN, timescaledb preloaded, its telemetry off)")
     reserve_huge_pages || PG_ACTIONS+=("huge pages unavailable")
     [[ -n $HUGE_ACTION ]] && PG_ACTIONS+=("$HUGE_ACTION")
 
@@ -707,4 +722,5 @@ main() {
     ensure_tools
 }
 
-main "$@"
+# (sourced, e.g. by a test, it only defines the functions)
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
