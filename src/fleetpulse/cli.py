@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from fleetpulse import __version__
 from fleetpulse.config import Settings, load_settings
 from fleetpulse.errors import ConfigError, FleetpulseError, ServiceUnavailable
+from fleetpulse.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -173,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="TOML settings file (default: ./fleetpulse.toml if present)"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("FLEETPULSE_LOG_FORMAT") or "text",
+        help="text, or json: one object a line (default: $FLEETPULSE_LOG_FORMAT, else text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
@@ -269,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     if logging.getLogger().level > logging.DEBUG:
         # Libraries' per-request and per-migration chatter, only when debugging.
         for noisy in ("alembic", "httpx", "httpcore"):

@@ -141,7 +141,12 @@ class GpuCollector:
     def _fail_and_respawn_later(self, reason: str) -> Contribution:
         self._kill()
         self._respawn_at = self._monotonic() + self._backoff.next()
-        log.warning("%s; GPU probe restarts in %.1fs", reason, self._respawn_at - self._monotonic())
+        log.warning(
+            "%s; GPU probe restarts in %.1fs",
+            reason,
+            self._respawn_at - self._monotonic(),
+            extra={"reason": reason},
+        )
         return self._failed(reason)
 
     async def collect(self) -> Contribution:

@@ -165,12 +165,15 @@ class Publisher:
             except CONNECTION_EXCEPTIONS as exc:
                 reason = str(exc) or type(exc).__name__
                 if self.connected.is_set():
-                    log.warning("broker connection lost (%s); spooling", reason)
+                    log.warning(
+                        "broker connection lost (%s); spooling", reason, extra={"reason": reason}
+                    )
                 elif not self._failing:
                     log.warning(
                         "broker at %s unreachable (%s); spooling, retrying with backoff",
                         mask_url(self.url),
                         reason,
+                        extra={"url": mask_url(self.url), "reason": reason},
                     )
                 else:
                     log.debug("broker still unreachable (%s)", reason)
@@ -193,7 +196,11 @@ class Publisher:
         self.connections_total += 1
         if self.connections_total > 1:
             self.reconnects_total += 1
-            log.info("reconnected to the broker; %d samples spooled", self._spool.depth)
+            log.info(
+                "reconnected to the broker; %d samples spooled",
+                self._spool.depth,
+                extra={"spooled": self._spool.depth},
+            )
         self._backoff.reset()
         self._failing = False
         self.connected.set()

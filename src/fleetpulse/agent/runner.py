@@ -132,6 +132,12 @@ class Agent:
             self.identity.hostname,
             self.identity.pool or "default",
             self._spool.depth,
+            extra={
+                "agent_id": str(self.identity.agent_id),
+                "hostname": self.identity.hostname,
+                "pool": self.identity.pool or "default",
+                "spooled": self._spool.depth,
+            },
         )
         return self
 
@@ -222,7 +228,11 @@ class Agent:
         connected = self.publisher.connected.is_set()
         flushed = connected and await self.publisher.flush(budget)
         if not flushed:
-            log.warning("stopping with %d samples spooled for next time", self.spool.depth)
+            log.warning(
+                "stopping with %d samples spooled for next time",
+                self.spool.depth,
+                extra={"agent_id": str(self.identity.agent_id), "spooled": self.spool.depth},
+            )
         goodbye = build_goodbye(self.identity, seq=self.spool.next_seq(), sent_at=self.clock.now())
         remaining = max(0.05, deadline - loop.time())
         self.goodbye_sent = await self.publisher.send_direct(
@@ -232,5 +242,6 @@ class Agent:
             "agent %s stopped (goodbye %s)",
             self.identity.agent_id,
             "sent" if self.goodbye_sent else "not delivered",
+            extra={"agent_id": str(self.identity.agent_id), "goodbye_sent": self.goodbye_sent},
         )
         return self.goodbye_sent

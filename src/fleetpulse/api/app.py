@@ -61,5 +61,8 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi,
+        # the process's logging is the CLI's (--log-format); Litestar's default would
+        # replace the root handler with its own text format
+        logging_config=None,
         debug=debug,
     )

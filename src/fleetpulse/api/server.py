@@ -56,6 +56,7 @@ def run_api(settings: Settings) -> int:
         http="httptools",  # C parser: about 100 µs less CPU per request than h11 here
         lifespan="on",
         log_level="warning",
+        log_config=None,  # uvicorn's records go to the root handler, in --log-format
         access_log=False,
         timeout_graceful_shutdown=5,
     )

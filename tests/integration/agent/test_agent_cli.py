@@ -18,6 +18,7 @@ import pytest
 from fleetpulse.agent import FakeClock, Simulator
 from fleetpulse.messages import Goodbye
 from tests.fixtures.agent import Inbox, agent_settings, eventually
+from tests.fixtures.logs import json_log_lines
 
 pytestmark = [pytest.mark.timeout(40), pytest.mark.slow(6)]
 
@@ -43,6 +44,7 @@ async def test_agent_process_stops_cleanly_on_a_signal(
         "FLEETPULSE_AGENT_STATE_DIR": str(tmp_path),
         "FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S": "0.2",
         "FLEETPULSE_AGENT_POOL": "render",
+        "FLEETPULSE_LOG_FORMAT": "json",
     }
     proc = await _spawn("agent", env=env)
     try:
@@ -61,6 +63,12 @@ async def test_agent_process_stops_cleanly_on_a_signal(
     assert beats[0].pool == "render"
     assert beats[0].resource_metrics.cpu_cores == os.cpu_count()
     assert beats[1].seq == beats[0].seq + 1
+    logged = json_log_lines(stderr)
+    started_line = next(r for r in logged if r["message"].startswith("agent "))
+    assert started_line["logger"] == "fleetpulse.agent.runner"
+    assert started_line["level"] == "INFO"
+    assert (started_line["agent_id"], started_line["pool"]) == (agent_id, "render")
+    assert any(r.get("goodbye_sent") is True for r in logged)
 
 
 async def test_agent_process_with_the_broker_down_spools_and_stops_at_once(
@@ -71,7 +79,7 @@ async def test_agent_process_with_the_broker_down_spools_and_stops_at_once(
         "FLEETPULSE_AGENT_STATE_DIR": str(tmp_path),
         "FLEETPULSE_AGENT_HEARTBEAT_INTERVAL_S": "0.1",
     }
-    proc = await _spawn("agent", env=env)
+    proc = await _spawn("--log-format", "json", "agent", env=env)
 
     def spooled() -> int:
         if not (tmp_path / "spool.sqlite3").exists():
@@ -91,7 +99,10 @@ async def test_agent_process_with_the_broker_down_spools_and_stops_at_once(
     assert proc.returncode == 0, stderr.decode()
     assert time.monotonic() - started < 3.0
     assert spooled() >= 3
-    assert b"unreachable" in stderr
+    [down] = [r for r in json_log_lines(stderr) if "unreachable" in r["message"]]
+    assert down["level"] == "WARNING"
+    assert down["reason"]
+    assert down["url"] == "amqp://guest:***@127.0.0.1:1/"
 
 
 async def test_simulate_process_runs_for_its_duration(amqp_url: str, inbox: Inbox) -> None:

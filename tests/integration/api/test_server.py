@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 
+from tests.fixtures.logs import json_log_lines
+
 pytestmark = pytest.mark.slow(4)
 
 
@@ -28,6 +30,7 @@ def test_api_process_serves_and_exits_zero_on_sigterm(db_url: str) -> None:
         "FLEETPULSE_DATABASE_URL": db_url,
         "FLEETPULSE_API_PORT": str(port),
         "FLEETPULSE_API_HOST": "127.0.0.1",
+        "FLEETPULSE_LOG_FORMAT": "json",
     }
     with subprocess.Popen(
         [sys.executable, "-m", "fleetpulse", "api"],
@@ -52,6 +55,8 @@ def test_api_process_serves_and_exits_zero_on_sigterm(db_url: str) -> None:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
             assert proc.returncode == 0, err
+            logged = json_log_lines(err)
+            assert any(r["message"] == f"fleetpulse api on http://127.0.0.1:{port}" for r in logged)
         finally:
             if proc.poll() is None:
                 proc.kill()
