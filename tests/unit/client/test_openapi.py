@@ -10,8 +10,7 @@ import msgspec
 import pytest
 
 from fleetpulse.api import create_app
-from fleetpulse.client import Client, models
-from fleetpulse.client import calls as client_calls
+from fleetpulse.client import Client, calls as client_calls, models
 from fleetpulse.config import Settings
 
 # Routes that are not the client's business, and why.
