@@ -30,9 +30,9 @@ _CAPACITY_COLUMNS = (
     "cores free",
     "mem free GiB",
     "GPU",
-    "GPUs usable",
-    "VRAM free GiB",
-    "reliability",
+    "GPUs fit",
+    "VRAM free",
+    "up 30d",
     "agent_id",
 )
 
@@ -40,8 +40,10 @@ _CAPACITY_COLUMNS = (
 def _table(title: str, columns: Sequence[str]) -> Table:
     table = Table(title=title, header_style="bold")
     for name in columns:
-        numeric = "free" in name or name in {"age s", "GPUs", "GPUs usable", "reliability"}
-        table.add_column(name, justify="right" if numeric else "left")
+        numeric = "free" in name or name in {"age s", "GPUs", "GPUs fit", "reliability", "up 30d"}
+        # an id is copied whole into the next command, never cut
+        width = 36 if name == "agent_id" else None
+        table.add_column(name, justify="right" if numeric else "left", min_width=width)
     return table
 
 
@@ -82,7 +84,8 @@ def fleet_table(agents: Sequence[Agent]) -> Table:
 
 
 def capacity_table(found: Sequence[Capacity]) -> Table:
-    """In the API's order (most free VRAM first); usable GPUs are those matching the query."""
+    """In the API's order (most free VRAM first). "GPUs fit": those matching the query, of all;
+    "VRAM free": GiB on the best of them."""
     table = _table("fleetpulse capacity", _CAPACITY_COLUMNS)
     for c in found:
         usable = {g.index: g for g in c.gpus}
