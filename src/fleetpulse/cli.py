@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from fleetpulse import __version__
+from fleetpulse.agent.profiles import PROFILES
 from fleetpulse.config import Settings, load_settings
 from fleetpulse.errors import ConfigError, FleetpulseError, ServiceUnavailable
 from fleetpulse.logs import LOG_FORMATS, configure_logging
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--agents", type=int, default=3, help="how many agents (default 3)")
     simulate.add_argument(
         "--profile",
-        choices=["mixed", "gpu-high", "gpu-low", "cpu-only", "seed"],
+        choices=PROFILES,
         default="mixed",
         help="resource profile of the fleet (default mixed)",
     )

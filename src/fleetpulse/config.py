@@ -11,7 +11,8 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -52,7 +53,9 @@ def mask_url(url: str) -> str:
 
 class AmqpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """Broker URL the agent publishes to and ingest consumes from."""
     management_url: str = "http://guest:guest@127.0.0.1:15672"
+    """RabbitMQ management API, used by `fleetpulse admin agent-credentials`."""
 
     def __repr__(self) -> str:
         return (
@@ -63,12 +66,15 @@ class AmqpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "postgresql://postgres@127.0.0.1:5432/fleetpulse"
+    """PostgreSQL with TimescaleDB; `fleetpulse db upgrade` creates the database if missing."""
     pool_min_size: PositiveInt = 1
+    """Connections the pool keeps open."""
     pool_max_size: PositiveInt = 10
+    """Most connections the pool opens (at least `pool_min_size`)."""
     connect_timeout_s: Positive = 5.0
-    # The server cancels any statement past this, so a batch stuck behind a lock or on an
-    # overloaded server fails, is retried with backoff and is never acked meanwhile.
+    """Give up a database connect after this long."""
     statement_timeout_s: Positive = 30.0
+    """The server cancels any statement that runs longer; the batch is retried, unacked."""
 
     def __repr__(self) -> str:
         return (
@@ -80,62 +86,109 @@ class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str | None = None
+    """This agent's UUID; unset: generated once and kept in `state_dir`."""
     pool: str | None = None
+    """Pool this agent reports; unset: ingest picks `default_gpu_pool` or `default_cpu_pool`."""
     hostname: str | None = None
+    """Hostname to report; unset: the machine's."""
     state_dir: str = "~/.local/state/fleetpulse"
+    """Where the agent keeps its id, its spool and its lock."""
     heartbeat_interval_s: Positive = 30.0
+    """Seconds between heartbeats."""
     gpu_timeout_s: Positive = 2.0
+    """A GPU reading slower than this is abandoned and the NVML child respawned."""
     gpu_respawn_initial_s: Positive = 0.5
+    """First wait before respawning a failed NVML child (doubles per failure)."""
     gpu_respawn_max_s: Positive = 60.0
+    """Longest wait between NVML child respawns."""
     gpu_nvml_module: str = "pynvml"
+    """Module the NVML child imports (`fake_nvml` for scripted GPUs in tests)."""
     spool_max_bytes: PositiveInt = 64 * 1024 * 1024
+    """Size bound of the on-disk spool; the oldest samples are dropped (and counted) past it."""
     reconnect_initial_s: Positive = 0.5
+    """First backoff after losing the broker (capped exponential, full jitter)."""
     reconnect_max_s: Positive = 30.0
+    """Longest backoff between broker reconnects."""
     connect_timeout_s: Positive = 10.0
+    """Give up a broker connect after this long."""
     confirm_timeout_s: Positive = 10.0
+    """A publisher confirm not back within this long drops the connection; the batch goes again."""
     goodbye_timeout_s: Positive = 2.0
+    """On stop, how long to try to deliver the spool and the goodbye."""
 
 
 class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     offline_after_s: Positive = 90.0
+    """An agent not heard from for this long is marked offline."""
     offline_check_interval_s: Positive = 5.0
+    """Seconds between silence sweeps."""
     prefetch: PositiveInt = 2000
+    """Unacknowledged messages the broker may hand one ingest process."""
     batch_max_messages: PositiveInt = 1000
+    """Most messages written in one transaction."""
     batch_max_age_s: Positive = 0.05
+    """Longest a message waits for its batch to fill."""
     retry_initial_s: Positive = 0.2
+    """First backoff after a failed write or sweep (capped exponential, jittered)."""
     retry_max_s: Positive = 10.0
+    """Longest backoff between write or sweep retries."""
     require_user_id: bool = False
+    """Dead-letter heartbeats that carry no broker-validated `user_id`."""
     default_gpu_pool: str = "gpu"
+    """Pool of an agent that names none and has a GPU."""
     default_cpu_pool: str = "cpu"
+    """Pool of an agent that names none and has no GPU."""
     retention_days: NonNegative = 30.0
+    """Samples older than this are dropped; 0 keeps them forever."""
     retention_check_interval_s: Positive = 3600.0
+    """Seconds between retention runs."""
     metrics_host: str = "127.0.0.1"
+    """Address of ingest's Prometheus endpoint."""
     metrics_port: Port = 9101
+    """Port of ingest's Prometheus endpoint (0: any free port)."""
     drain_timeout_s: Positive = 10.0
+    """On stop, how long to finish the batches in hand before closing."""
     queue_depth_interval_s: Positive = 5.0
+    """Seconds between reads of the queue depth for the metrics."""
     detector_enabled: bool = True
+    """Whether this process may run the silence detector (one process acts at a time)."""
     sweep_limit: PositiveInt = 10_000
-    # Deprecated: still accepted so older config files load; "unnest" is ignored (logged at
-    # start) and every batch is written with binary COPY.
+    """Most agents one sweep marks offline; the rest follow in the next sweep."""
     write_method: Literal["copy", "unnest"] = "copy"
+    """Deprecated, still accepted: every batch is written with COPY; `unnest` is ignored."""
     commit_pipeline: PositiveInt = 2
+    """Batches written concurrently by one ingest process."""
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
+    """Address the API listens on."""
     port: Port = 8000
+    """Port the API listens on."""
     auth_tokens: list[str] = []
+    """Bearer tokens accepted by the API (comma-separated in the environment); empty: no auth."""
     capacity_refresh_interval_s: NonNegative = 1.0
+    """The capacity index takes registry changes in at most this often."""
     metrics_refresh_interval_s: Positive = 5.0
+    """Seconds between snapshots behind the fleet gauges of `/metrics`."""
     metrics_per_agent_limit: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    """Most agents with their own series in `/metrics`."""
     history_max_points: PositiveInt = 10_000
+    """Most buckets one history answer may hold."""
     history_max_range_s: Positive = 31 * 86_400.0
+    """Longest time range one history request may cover."""
     registry_poll_interval_s: Positive = 5.0
+    """The index and the event feed read the database at least this often without a notification."""
     registry_resync_interval_s: Positive = 300.0
+    """Seconds between full reloads of the index (drops deleted agents)."""
     registry_overlap_s: NonNegative = 2.0
+    """How far back each incremental read of the registry reaches, for late commits."""
     reliability_refresh_interval_s: Positive = 60.0
+    """Seconds between recomputations of the 30-day reliability scores."""
     sse_keepalive_s: Positive = 15.0
+    """An idle event stream gets a keep-alive comment this often."""
     sse_max_pending: PositiveInt = 10_000
+    """An event subscriber this many events behind is disconnected."""
 
     def __repr__(self) -> str:
         tokens = f"[{len(self.auth_tokens)} masked]" if self.auth_tokens else "[]"
@@ -170,11 +223,11 @@ def _from_env(raw: str, field_type: Any) -> Any:
 
 
 def _accepts_none(field_type: Any) -> bool:
-    return "None" in repr(field_type)
+    return get_origin(field_type) in (Union, UnionType) and type(None) in get_args(field_type)
 
 
 def _is_list(field_type: Any) -> bool:
-    return repr(field_type).startswith("list[")
+    return get_origin(field_type) is list
 
 
 def _shown(name: str, value: Any) -> str:

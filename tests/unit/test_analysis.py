@@ -242,3 +242,9 @@ def test_export_refuses_a_missing_folder() -> None:
         analysis.run_export(
             Settings(), since=T0, until=T0 + DAY, out="/nonexistent/folder/x.parquet"
         )
+
+
+def test_the_reliability_window_is_the_one_the_api_serves() -> None:
+    from fleetpulse import analysis, store
+
+    assert analysis.RELIABILITY_WINDOW is store.RELIABILITY_WINDOW == timedelta(days=30)

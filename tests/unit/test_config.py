@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fleetpulse.config import Settings, load_settings, mask_url
@@ -131,3 +134,18 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.api.port = 1  # type: ignore[misc]
+
+
+def test_readme_settings_table_is_generated_from_the_field_docstrings() -> None:
+    """README's reference table is what ``scripts/settings_table.py`` renders from config.py."""
+    root = Path(__file__).resolve().parents[2]
+    check = subprocess.run(
+        [sys.executable, str(root / "scripts" / "settings_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for section in msgspec.structs.fields(Settings):
+        for field in msgspec.structs.fields(section.type):
+            assert f"| `{section.name}.{field.name}` |" in readme

@@ -38,7 +38,7 @@ from aio_pika.abc import AbstractExchange
 from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.heartbeat import restamp
 from fleetpulse.agent.spool import Spool
-from fleetpulse.config import mask_url
+from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import MessageError
 from fleetpulse.messages import EXCHANGE
 
@@ -54,6 +54,8 @@ CONNECTION_EXCEPTIONS: Final = (
 )
 
 Prepare = Callable[[bytes, datetime], tuple[bytes, str]]
+
+BATCH_SIZE: Final = 256
 
 
 class _Unroutable(Exception):
@@ -71,7 +73,7 @@ class Publisher:
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         confirm_timeout_s: float = 10.0,
-        batch_size: int = 256,
+        batch_size: int = BATCH_SIZE,
         prepare: Prepare = restamp,
         rng: random.Random | None = None,
     ) -> None:
@@ -96,6 +98,28 @@ class Publisher:
         self.reconnects_total = 0
         self.published_total = 0
         self.corrupt_total = 0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        spool: Spool,
+        *,
+        now: Callable[[], datetime],
+        batch_size: int = BATCH_SIZE,
+    ) -> Self:
+        """A publisher to ``[amqp] url`` with the ``[agent]`` reconnect and timeout settings."""
+        agent = settings.agent
+        return cls(
+            settings.amqp.url,
+            spool,
+            now=now,
+            reconnect_initial_s=agent.reconnect_initial_s,
+            reconnect_max_s=agent.reconnect_max_s,
+            connect_timeout_s=agent.connect_timeout_s,
+            confirm_timeout_s=agent.confirm_timeout_s,
+            batch_size=batch_size,
+        )
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name="fleetpulse-publisher")

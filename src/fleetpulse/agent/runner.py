@@ -113,15 +113,7 @@ class Agent:
                 if hasattr(collector, "__aenter__"):
                     await stack.enter_async_context(collector)  # type: ignore[arg-type]
             self.publisher = await stack.enter_async_context(
-                Publisher(
-                    self.settings.amqp.url,
-                    self._spool,
-                    now=self.clock.now,
-                    reconnect_initial_s=agent.reconnect_initial_s,
-                    reconnect_max_s=agent.reconnect_max_s,
-                    connect_timeout_s=agent.connect_timeout_s,
-                    confirm_timeout_s=agent.confirm_timeout_s,
-                )
+                Publisher.from_settings(self.settings, self._spool, now=self.clock.now)
             )
         except BaseException:
             await stack.aclose()

@@ -67,16 +67,8 @@ class Simulator:
         self._stop = asyncio.Event()
 
     async def __aenter__(self) -> Self:
-        agent = self.settings.agent
-        self.publisher = Publisher(
-            self.settings.amqp.url,
-            self.spool,
-            now=self.clock.now,
-            reconnect_initial_s=agent.reconnect_initial_s,
-            reconnect_max_s=agent.reconnect_max_s,
-            connect_timeout_s=agent.connect_timeout_s,
-            confirm_timeout_s=agent.confirm_timeout_s,
-            batch_size=512,
+        self.publisher = Publisher.from_settings(
+            self.settings, self.spool, now=self.clock.now, batch_size=512
         )
         await self.publisher.__aenter__()
         return self

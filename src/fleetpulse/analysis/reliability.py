@@ -14,6 +14,7 @@ from typing import Final
 import polars as pl
 
 from fleetpulse.analysis.load import utc
+from fleetpulse.store import RELIABILITY_WINDOW
 
 __all__ = [
     "RELIABILITY_WINDOW",
@@ -23,7 +24,6 @@ __all__ = [
     "status_intervals",
 ]
 
-RELIABILITY_WINDOW: Final = timedelta(days=30)
 _US: Final = pl.Datetime("us", "UTC")
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         upgrade as upgrade,
     )
     from fleetpulse.store.queries import (
+        RELIABILITY_WINDOW as RELIABILITY_WINDOW,
         AgentRecord as AgentRecord,
         GpuBucket as GpuBucket,
         GpuState as GpuState,
@@ -82,9 +83,9 @@ else:
             "liveness": "DETECTOR_LOCK_KEY DetectorLease sweep_silent",
             "migrate": "current_revision downgrade ensure_database head_revision upgrade",
             "queries": (
-                "AgentRecord GpuBucket GpuState HostBucket StatusEvent fetch_agent fetch_agents "
-                "fetch_events fetch_history fetch_registry fetch_reliability fetch_silenced "
-                "latest_event_id ping"
+                "RELIABILITY_WINDOW AgentRecord GpuBucket GpuState HostBucket StatusEvent "
+                "fetch_agent fetch_agents fetch_events fetch_history fetch_registry "
+                "fetch_reliability fetch_silenced latest_event_id ping"
             ),
             "registry_index": (
                 "CapacityFilter CapacityMatch RegistryFollower RegistryIndex matching_gpus"

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 __all__ = [
+    "RELIABILITY_WINDOW",
     "AgentRecord",
     "GpuBucket",
     "GpuState",
