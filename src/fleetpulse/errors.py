@@ -10,16 +10,18 @@
     │   └── PoisonRowError   one row makes the database refuse its whole batch
     ├── NotFound             an agent or resource that does not exist
     │   └── ApiNotFound      ... as the HTTP API answered it (404; also an ApiError)
+    ├── Conflict             a request the current state cannot honour (nothing fits)
+    │   └── ApiConflict      ... as the HTTP API answered it (409; also an ApiError)
     └── ApiError             the HTTP API answered an error (``status_code``, server's ``detail``)
         ├── BadRequest       400: a parameter is malformed or out of range
         ├── Unauthorized     401: missing or wrong bearer token
-        ├── Conflict         409: e.g. capacity someone else has claimed; ask again
         └── ApiUnavailable   502/503/504: the API or its database is down (retryable)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ApiConflict",
     "ApiError",
     "ApiNotFound",
     "ApiUnavailable",
@@ -74,6 +76,11 @@ class NotFound(FleetpulseError):
     """The thing asked for does not exist."""
 
 
+class Conflict(FleetpulseError):
+    """A request the current state cannot honour (a claim that does not fit, a claim that
+    has ended); the message says why."""
+
+
 class ApiError(FleetpulseError):
     """The HTTP API answered an error; the message is the server's ``detail``."""
 
@@ -96,9 +103,9 @@ class ApiNotFound(ApiError, NotFound):
     """404: no agent (or claim) with this id."""
 
 
-class Conflict(ApiError):
-    """409: the request conflicts with the current state, e.g. a claim on capacity already
-    taken. Catch it and ask for capacity again."""
+class ApiConflict(ApiError, Conflict):
+    """409: e.g. a claim on capacity that someone else took meanwhile. Catch it (or
+    ``Conflict``) and ask for capacity again."""
 
 
 class ApiUnavailable(ApiError):

@@ -9,8 +9,8 @@ agent1 8.0 (0,)
 
 Every answer is a frozen msgspec struct with the JSON's field names (``models``). Errors
 are :mod:`fleetpulse.errors` types: ``BadRequest``, ``Unauthorized``, ``ApiNotFound``,
-``Conflict`` (409), ``ApiUnavailable``, all ``ApiError``; ``ServiceUnavailable`` when the
-API cannot be reached at all.
+``ApiConflict`` (409, also a ``Conflict``: capacity taken meanwhile, ask again),
+``ApiUnavailable``, all ``ApiError``; ``ServiceUnavailable`` when the API cannot be reached.
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ from fleetpulse.client.models import (
     AgentList,
     Capacity,
     CapacityList,
+    Claim,
+    ClaimedGpu,
+    ClaimFilter,
+    ClaimList,
+    Cordon,
+    CordonList,
+    CordonNote,
     Event,
     EventList,
     Gpu,
@@ -33,6 +40,7 @@ from fleetpulse.client.models import (
 from fleetpulse.client.options import DEFAULT_URL
 from fleetpulse.client.sync import Client
 from fleetpulse.errors import (
+    ApiConflict,
     ApiError,
     ApiNotFound,
     ApiUnavailable,
@@ -46,6 +54,7 @@ __all__ = [
     "DEFAULT_URL",
     "Agent",
     "AgentList",
+    "ApiConflict",
     "ApiError",
     "ApiNotFound",
     "ApiUnavailable",
@@ -53,8 +62,15 @@ __all__ = [
     "BadRequest",
     "Capacity",
     "CapacityList",
+    "Claim",
+    "ClaimFilter",
+    "ClaimList",
+    "ClaimedGpu",
     "Client",
     "Conflict",
+    "Cordon",
+    "CordonList",
+    "CordonNote",
     "Event",
     "EventList",
     "Gpu",

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Generic, TypeVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -18,22 +19,32 @@ from fleetpulse.client.models import (
     AgentList,
     Capacity,
     CapacityList,
+    Claim,
+    ClaimBody,
+    ClaimFilter,
+    ClaimList,
+    Cordon,
+    CordonBody,
+    CordonList,
     Event,
     EventList,
     Health,
     History,
+    RenewBody,
 )
 from fleetpulse.errors import (
+    ApiConflict,
     ApiError,
     ApiNotFound,
     ApiUnavailable,
     BadRequest,
-    Conflict,
     Unauthorized,
 )
 
 __all__ = [
     "EVENTS_STREAM",
+    "EVENT_KINDS",
+    "JSON_BODY",
     "RETRY_STATUSES",
     "Call",
     "SseMessage",
@@ -42,20 +53,31 @@ __all__ = [
     "agent_capacity",
     "agents",
     "capacity",
+    "claim",
+    "claims",
+    "cordon",
+    "cordons",
     "decoded",
     "error_of",
     "event_of",
     "events",
+    "get_claim",
     "health",
     "history",
     "ready",
+    "release",
+    "renew",
     "retry_delay_s",
     "stream_params",
+    "uncordon",
 ]
 
 T = TypeVar("T")
 
 EVENTS_STREAM: Final = "/api/v1/events/stream"
+# SSE event names the stream carries (each an Event); others are skipped, for newer APIs
+EVENT_KINDS: Final = frozenset({"status", "claim", "cordon"})
+JSON_BODY: Final = {"Content-Type": "application/json"}
 # Answers worth another try of an idempotent call: the API or a proxy in front of it is
 # (re)starting, or the database is briefly away (the API then says Retry-After).
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
@@ -63,7 +85,7 @@ _ERRORS: Final[Mapping[int, type[ApiError]]] = {
     400: BadRequest,
     401: Unauthorized,
     404: ApiNotFound,
-    409: Conflict,
+    409: ApiConflict,
     502: ApiUnavailable,
     503: ApiUnavailable,
     504: ApiUnavailable,
@@ -82,6 +104,8 @@ class Call(Generic[T]):
     idempotent: bool = True
 
     def decode(self, content: bytes) -> T:
+        if self.into is type(None) and not content:  # 204 No Content
+            return None
         return msgspec.json.decode(content, type=self.into)
 
 
@@ -174,6 +198,87 @@ def events(
 
 def stream_params(agent_id: uuid.UUID | str | None) -> dict[str, str]:
     return _params(agent_id=agent_id)
+
+
+def _json(body: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(body)
+
+
+def _claim_path(claim_id: uuid.UUID | str) -> str:
+    return f"/api/v1/claims/{uuid.UUID(str(claim_id))}"
+
+
+def _cordon_path(agent_id: uuid.UUID | str, gpu_uuid: str | None) -> str:
+    gpu = "" if gpu_uuid is None else f"/gpus/{quote(gpu_uuid, safe='')}"
+    return f"{_agent_path(agent_id)}{gpu}/cordon"
+
+
+def claim(
+    *,
+    holder: str,
+    ttl_s: float,
+    agent_id: uuid.UUID | str | None = None,
+    filter: ClaimFilter | None = None,
+    gpus: Sequence[int | str] | None = None,
+    vram_gb: float | None = None,
+    gpu_count: int | None = None,
+    cpu_cores: int | None = None,
+    mem_gb: float | None = None,
+) -> Call[Claim]:
+    """Never retried: a second try after a lost answer could hold twice."""
+    body = ClaimBody(
+        holder=holder,
+        ttl_s=ttl_s,
+        agent_id=None if agent_id is None else uuid.UUID(str(agent_id)),
+        filter=filter,
+        gpus=None if gpus is None else tuple(gpus),
+        vram_gb=vram_gb,
+        gpu_count=gpu_count,
+        cpu_cores=cpu_cores,
+        mem_gb=mem_gb,
+    )
+    return Call("POST", "/api/v1/claims", Claim, body=_json(body), idempotent=False)
+
+
+def claims(
+    *,
+    agent_id: uuid.UUID | str | None = None,
+    holder: str | None = None,
+    limit: int | None = None,
+) -> Call[ClaimList]:
+    return Call(
+        "GET", "/api/v1/claims", ClaimList, _params(agent_id=agent_id, holder=holder, limit=limit)
+    )
+
+
+def get_claim(claim_id: uuid.UUID | str) -> Call[Claim]:
+    return Call("GET", _claim_path(claim_id), Claim)
+
+
+def renew(claim_id: uuid.UUID | str, ttl_s: float) -> Call[Claim]:
+    """Sets the expiry to now + ttl_s, so a repeat does what one does: safe to retry."""
+    body = _json(RenewBody(ttl_s=ttl_s))
+    return Call("POST", f"{_claim_path(claim_id)}/renew", Claim, body=body)
+
+
+def release(claim_id: uuid.UUID | str) -> Call[None]:
+    return Call("DELETE", _claim_path(claim_id), type(None))
+
+
+def cordon(
+    agent_id: uuid.UUID | str, *, reason: str, by: str, gpu_uuid: str | None = None
+) -> Call[Cordon]:
+    """Cordoning what is cordoned already answers the existing cordon: safe to retry."""
+    body = _json(CordonBody(reason=reason, by=by))
+    return Call("POST", _cordon_path(agent_id, gpu_uuid), Cordon, body=body)
+
+
+def uncordon(agent_id: uuid.UUID | str, *, gpu_uuid: str | None = None) -> Call[None]:
+    return Call("DELETE", _cordon_path(agent_id, gpu_uuid), type(None))
+
+
+def cordons(*, agent_id: uuid.UUID | str | None = None) -> Call[CordonList]:
+    return Call("GET", "/api/v1/cordons", CordonList, _params(agent_id=agent_id))
 
 
 def health() -> Call[Health]:

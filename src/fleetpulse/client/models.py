@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -18,6 +18,15 @@ __all__ = [
     "AgentList",
     "Capacity",
     "CapacityList",
+    "Claim",
+    "ClaimBody",
+    "ClaimFilter",
+    "ClaimList",
+    "ClaimedGpu",
+    "Cordon",
+    "CordonBody",
+    "CordonList",
+    "CordonNote",
     "Event",
     "EventList",
     "Gpu",
@@ -25,6 +34,7 @@ __all__ = [
     "History",
     "HistoryGpu",
     "HistoryPoint",
+    "RenewBody",
     "Stat",
 ]
 
@@ -36,7 +46,17 @@ class Health(msgspec.Struct, kw_only=True, frozen=True):
     detail: str | None = None
 
 
+class CordonNote(msgspec.Struct, kw_only=True, frozen=True):
+    """Who took an agent or GPU out of the offer, why and since when."""
+
+    reason: str
+    by: str
+    at: datetime
+
+
 class Gpu(msgspec.Struct, kw_only=True, frozen=True):
+    """One GPU; the last three fields are set only where something is held or cordoned."""
+
     index: int
     uuid: str
     name: str
@@ -46,10 +66,17 @@ class Gpu(msgspec.Struct, kw_only=True, frozen=True):
     temp_c: float | None
     power_w: float | None
     error: str | None
+    vram_held_gb: float | None = None
+    vram_claimable_gb: float | None = None
+    cordon: CordonNote | None = None
 
 
 class Agent(msgspec.Struct, kw_only=True, frozen=True):
-    """One agent's latest state, numbers exactly as its latest heartbeat reported them."""
+    """One agent's latest state, numbers exactly as its latest heartbeat reported them.
+
+    The fields after ``reliability_30d`` are set (not None) only on agents with active claims
+    or a cordon: ``schedulable`` (False when cordoned), ``claims`` (active), what they hold
+    and what is left to claim for cores, memory and VRAM."""
 
     agent_id: uuid.UUID
     hostname: str
@@ -74,6 +101,14 @@ class Agent(msgspec.Struct, kw_only=True, frozen=True):
     gpus: tuple[Gpu, ...]
     errors: tuple[str, ...]
     reliability_30d: float | None
+    schedulable: bool | None = None
+    cordon: CordonNote | None = None
+    claims: int | None = None
+    cpu_held_cores: int | None = None
+    cpu_claimable_cores: int | None = None
+    mem_held_gb: float | None = None
+    mem_claimable_gb: float | None = None
+    gpu_vram_claimable_gb: float | None = None
 
 
 class Capacity(Agent, kw_only=True, frozen=True):
@@ -100,7 +135,8 @@ class CapacityList(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True):
-    """A status transition; ``id`` grows in the order they were decided."""
+    """A status transition, or a claim or cordon change (``from_status`` = ``to_status``,
+    with ``detail``: which claim or GPU, who, why); ``id`` grows in the order of decision."""
 
     id: int
     agent_id: uuid.UUID
@@ -110,6 +146,7 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     from_status: Status | None
     to_status: Status
     reason: str
+    detail: dict[str, Any] | None = None
 
 
 class EventList(msgspec.Struct, kw_only=True, frozen=True):
@@ -148,3 +185,85 @@ class History(msgspec.Struct, kw_only=True, frozen=True):
     bucket_s: float
     points: tuple[HistoryPoint, ...]
     count: int
+
+
+class ClaimFilter(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The conditions of ``capacity()``: a claim by filter takes the first agent (and its
+    first GPUs) that answer would list and that still fits when the claim is decided."""
+
+    min_gpu_vram_gb: float = 0.0
+    min_cpu_cores: int = 0
+    min_mem_gb: float = 0.0
+    min_gpu_count: int = 0
+    gpu_type: str | None = None
+    pool: str | None = None
+    max_sample_age_s: float | None = None
+    min_reliability: float | None = None
+
+
+class ClaimBody(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What ``claim()`` sends: on ``agent_id`` (optionally the GPUs in ``gpus``, by uuid or
+    index) or on the best agent matching ``filter``; amounts default to the filter's minima."""
+
+    holder: str
+    ttl_s: float
+    agent_id: uuid.UUID | None = None
+    filter: ClaimFilter | None = None
+    gpus: tuple[int | str, ...] | None = None
+    vram_gb: float | None = None
+    gpu_count: int | None = None
+    cpu_cores: int | None = None
+    mem_gb: float | None = None
+
+
+class RenewBody(msgspec.Struct, kw_only=True, frozen=True):
+    ttl_s: float
+
+
+class ClaimedGpu(msgspec.Struct, kw_only=True, frozen=True):
+    index: int
+    uuid: str
+    vram_gb: float
+
+
+class Claim(msgspec.Struct, kw_only=True, frozen=True):
+    """Capacity held for ``holder`` on one agent until ``expires_at`` (renew to keep it)."""
+
+    claim_id: uuid.UUID
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    holder: str
+    gpus: tuple[ClaimedGpu, ...]
+    cpu_cores: int
+    mem_gb: float
+    created_at: datetime
+    expires_at: datetime
+
+
+class ClaimList(msgspec.Struct, kw_only=True, frozen=True):
+    items: tuple[Claim, ...]
+    count: int
+    as_of: datetime
+
+
+class CordonBody(msgspec.Struct, kw_only=True, frozen=True):
+    reason: str
+    by: str
+
+
+class Cordon(msgspec.Struct, kw_only=True, frozen=True):
+    """An agent (``gpu_uuid`` None) or one GPU out of the offer: who, why, since when."""
+
+    agent_id: uuid.UUID
+    hostname: str
+    gpu_uuid: str | None
+    reason: str
+    by: str
+    at: datetime
+
+
+class CordonList(msgspec.Struct, kw_only=True, frozen=True):
+    items: tuple[Cordon, ...]
+    count: int
+    as_of: datetime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar
@@ -18,6 +18,11 @@ from fleetpulse.client.models import (
     AgentList,
     Capacity,
     CapacityList,
+    Claim,
+    ClaimFilter,
+    ClaimList,
+    Cordon,
+    CordonList,
     Event,
     EventList,
     Health,
@@ -92,7 +97,11 @@ class Client:
         while True:
             try:
                 response = self._http.request(
-                    call.method, call.path, params=call.params, content=call.body
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    content=call.body,
+                    headers=calls.JSON_BODY if call.body is not None else None,
                 )
             except httpx.TransportError as exc:
                 if call.idempotent and attempt < self.options.retries:
@@ -204,6 +213,72 @@ class Client:
             )
         )
 
+    def claim(
+        self,
+        *,
+        holder: str,
+        ttl_s: float,
+        agent_id: uuid.UUID | str | None = None,
+        filter: ClaimFilter | None = None,
+        gpus: Sequence[int | str] | None = None,
+        vram_gb: float | None = None,
+        gpu_count: int | None = None,
+        cpu_cores: int | None = None,
+        mem_gb: float | None = None,
+    ) -> Claim:
+        """Hold capacity for ``holder`` for ``ttl_s`` seconds: on ``agent_id`` (optionally
+        the ``gpus`` named, by index or uuid) or on the best agent matching ``filter``.
+        Raises ``ApiConflict`` (409) when nothing fits any more: ask for capacity again.
+        Never retried (a retry after a lost answer could hold twice)."""
+        return self.send(
+            calls.claim(
+                holder=holder,
+                ttl_s=ttl_s,
+                agent_id=agent_id,
+                filter=filter,
+                gpus=gpus,
+                vram_gb=vram_gb,
+                gpu_count=gpu_count,
+                cpu_cores=cpu_cores,
+                mem_gb=mem_gb,
+            )
+        )
+
+    def claims(
+        self,
+        *,
+        agent_id: uuid.UUID | str | None = None,
+        holder: str | None = None,
+        limit: int | None = None,
+    ) -> ClaimList:
+        """Active claims, optionally of one agent or one holder."""
+        return self.send(calls.claims(agent_id=agent_id, holder=holder, limit=limit))
+
+    def get_claim(self, claim_id: uuid.UUID | str) -> Claim:
+        """An active claim; ``ApiNotFound`` once it has ended (released or expired)."""
+        return self.send(calls.get_claim(claim_id))
+
+    def renew(self, claim_id: uuid.UUID | str, ttl_s: float) -> Claim:
+        """Keep a claim ``ttl_s`` seconds from now; ``ApiConflict`` if it has ended."""
+        return self.send(calls.renew(claim_id, ttl_s))
+
+    def release(self, claim_id: uuid.UUID | str) -> None:
+        """Give a claim back (idempotent: releasing an ended claim is fine)."""
+        self.send(calls.release(claim_id))
+
+    def cordon(
+        self, agent_id: uuid.UUID | str, *, reason: str, by: str, gpu_uuid: str | None = None
+    ) -> Cordon:
+        """Take an agent, or one of its GPUs, out of the offer."""
+        return self.send(calls.cordon(agent_id, reason=reason, by=by, gpu_uuid=gpu_uuid))
+
+    def uncordon(self, agent_id: uuid.UUID | str, *, gpu_uuid: str | None = None) -> None:
+        """Put a cordoned agent or GPU back in the offer (idempotent)."""
+        self.send(calls.uncordon(agent_id, gpu_uuid=gpu_uuid))
+
+    def cordons(self, *, agent_id: uuid.UUID | str | None = None) -> CordonList:
+        return self.send(calls.cordons(agent_id=agent_id))
+
     def stream_events(
         self, *, agent_id: uuid.UUID | str | None = None, last_event_id: int | None = None
     ) -> Iterator[Event]:
@@ -240,7 +315,7 @@ class Client:
                         parser = SseParser()
                         for line in response.iter_lines():
                             message = parser.feed(line)
-                            if message is None or message.event != "status":
+                            if message is None or message.event not in calls.EVENT_KINDS:
                                 continue
                             event = calls.event_of(message.data)
                             last = message.id or str(event.id)

@@ -11,17 +11,17 @@ import httpx
 import pytest
 
 from fleetpulse.client import (
+    ApiConflict,
     ApiNotFound,
     ApiUnavailable,
     AsyncClient,
     BadRequest,
     Client,
-    Conflict,
     ServiceUnavailable,
     Unauthorized,
 )
 from fleetpulse.client.calls import Call, SseParser, capacity
-from fleetpulse.errors import ApiError, ConfigError, NotFound
+from fleetpulse.errors import ApiError, ConfigError, Conflict, NotFound
 
 HEALTH = b'{"status":"ok"}'
 
@@ -82,7 +82,13 @@ def test_a_call_that_is_not_idempotent_is_sent_once() -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, BadRequest), (401, Unauthorized), (404, ApiNotFound), (409, Conflict), (418, ApiError)],
+    [
+        (400, BadRequest),
+        (401, Unauthorized),
+        (404, ApiNotFound),
+        (409, ApiConflict),
+        (418, ApiError),
+    ],
 )
 def test_error_answers_become_project_errors_with_the_detail(status: int, kind: type) -> None:
     with (
@@ -94,6 +100,7 @@ def test_error_answers_become_project_errors_with_the_detail(status: int, kind: 
     assert caught.value.detail == f"detail {status}"
     assert f"HTTP {status}" in str(caught.value)
     assert isinstance(caught.value, NotFound) == (status == 404)
+    assert isinstance(caught.value, Conflict) == (status == 409)
 
 
 def test_an_error_without_json_keeps_its_text() -> None:
@@ -230,7 +237,7 @@ async def test_async_client_maps_errors_and_streams() -> None:
 
     transport = httpx.MockTransport(handler)
     async with AsyncClient("http://api.test", transport=transport, retry_backoff_s=0) as api:
-        with pytest.raises(Conflict, match="already claimed"):
+        with pytest.raises(ApiConflict, match="already claimed"):
             await api.agents()
         got = []
         async for event in api.stream_events(last_event_id=4):
@@ -251,3 +258,109 @@ def test_the_client_imports_no_server_packages() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _claim_json(agent: uuid.UUID) -> dict[str, object]:
+    return {
+        "claim_id": str(uuid.UUID(int=9)),
+        "agent_id": str(agent),
+        "hostname": "ws-1",
+        "pool_name": "render",
+        "holder": "dispatch-1",
+        "gpus": [{"index": 0, "uuid": "GPU-0", "vram_gb": 8.0}],
+        "cpu_cores": 4,
+        "mem_gb": 0.0,
+        "created_at": "2026-12-06T08:00:00Z",
+        "expires_at": "2026-12-06T08:10:00Z",
+    }
+
+
+def test_claims_send_json_and_a_409_is_a_conflict_sent_once() -> None:
+    from fleetpulse.client import ClaimFilter
+
+    sent: list[httpx.Request] = []
+    agent = uuid.UUID(int=1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) == 1:
+            return httpx.Response(201, json=_claim_json(agent))
+        return _error(409, "nothing fits: every match was claimed meanwhile")
+
+    with _client(handler, retries=3) as api:
+        held = api.claim(
+            holder="dispatch-1", ttl_s=600, filter=ClaimFilter(min_gpu_vram_gb=8), cpu_cores=4
+        )
+        with pytest.raises(Conflict, match="nothing fits") as caught:
+            api.claim(holder="dispatch-1", ttl_s=600, agent_id=agent, gpus=[0, "GPU-1"])
+    assert held.gpus[0].vram_gb == 8.0
+    assert isinstance(caught.value, ApiConflict)
+    assert len(sent) == 2  # the 409 was not retried
+    assert sent[0].headers["content-type"] == "application/json"
+    assert json.loads(sent[0].content) == {
+        "holder": "dispatch-1",
+        "ttl_s": 600,
+        "filter": {"min_gpu_vram_gb": 8},
+        "cpu_cores": 4,
+    }
+    assert json.loads(sent[1].content)["gpus"] == [0, "GPU-1"]
+
+
+def test_release_renew_and_cordons_use_their_paths() -> None:
+    seen: list[tuple[str, str]] = []
+    agent = uuid.UUID(int=1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.raw_path.decode()))
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if request.url.path.endswith("/renew"):
+            if len(seen) == 2:
+                return _error(503, "restarting")
+            return httpx.Response(200, json=_claim_json(agent))
+        return httpx.Response(
+            201,
+            json={
+                "agent_id": str(agent),
+                "hostname": "ws-1",
+                "gpu_uuid": "GPU-a/b",
+                "reason": "fan",
+                "by": "ops",
+                "at": "2026-12-06T08:00:00Z",
+            },
+        )
+
+    with _client(handler) as api:
+        assert api.release(uuid.UUID(int=9)) is None
+        assert api.renew(uuid.UUID(int=9), 60).holder == "dispatch-1"
+        assert api.cordon(agent, reason="fan", by="ops", gpu_uuid="GPU-a/b").gpu_uuid == "GPU-a/b"
+        api.uncordon(agent)
+    claim = f"/api/v1/claims/{uuid.UUID(int=9)}"
+    assert seen == [
+        ("DELETE", claim),
+        ("POST", f"{claim}/renew"),
+        ("POST", f"{claim}/renew"),  # renewing is idempotent: retried after the 503
+        ("POST", f"/api/v1/agents/{agent}/gpus/GPU-a%2Fb/cordon"),
+        ("DELETE", f"/api/v1/agents/{agent}/cordon"),
+    ]
+
+
+def test_stream_carries_claim_and_cordon_events_and_skips_unknown_kinds() -> None:
+    detail = {"claim_id": str(uuid.UUID(int=9)), "holder": "dispatch-1"}
+    claim_event = {
+        **_event(2),
+        "reason": "claim_created",
+        "from_status": "online",
+        "detail": detail,
+    }
+    body = (
+        _sse(_event(1)).decode()
+        + f"id: 2\nevent: claim\ndata: {json.dumps(claim_event)}\n\n"
+        + "id: 3\nevent: something-newer\ndata: {}\n\n"
+        + f"id: 4\nevent: status\ndata: {json.dumps(_event(4))}\n\n"
+    ).encode()
+    with _client(lambda request: httpx.Response(200, content=body)) as api:
+        stream = api.stream_events()
+        got = [next(stream) for _ in range(3)]
+    assert [e.id for e in got] == [1, 2, 4]
+    assert got[1].detail == detail

@@ -4,6 +4,7 @@ route added on one side and not the other fails here."""
 from __future__ import annotations
 
 import inspect
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -50,14 +51,69 @@ def _client_components() -> dict[str, dict[str, Any]]:
     return components
 
 
+# What the client already speaks and the API on main does not serve yet: the claims and
+# cordons of issue 13, built to the shapes its branch fixed. Once the server has an entry,
+# the test below fails until it is removed here, so this list only ever shrinks.
+PENDING_ON_SERVER: dict[str, frozenset[str] | None] = {  # None: the whole struct
+    "Agent": frozenset(
+        {
+            "schedulable",
+            "cordon",
+            "claims",
+            "cpu_held_cores",
+            "cpu_claimable_cores",
+            "mem_held_gb",
+            "mem_claimable_gb",
+            "gpu_vram_claimable_gb",
+        }
+    ),
+    "Capacity": frozenset(
+        {
+            "schedulable",
+            "cordon",
+            "claims",
+            "cpu_held_cores",
+            "cpu_claimable_cores",
+            "mem_held_gb",
+            "mem_claimable_gb",
+            "gpu_vram_claimable_gb",
+        }
+    ),
+    "Gpu": frozenset({"vram_held_gb", "vram_claimable_gb", "cordon"}),
+    "Event": frozenset({"detail"}),
+    **dict.fromkeys(
+        [
+            "Claim",
+            "ClaimBody",
+            "ClaimFilter",
+            "ClaimList",
+            "ClaimedGpu",
+            "Cordon",
+            "CordonBody",
+            "CordonList",
+            "CordonNote",
+            "RenewBody",
+        ]
+    ),
+}
+
+
 def test_every_struct_matches_its_openapi_component(openapi: dict[str, Any]) -> None:
     server = openapi["components"]["schemas"]
     for name, ours in _client_components().items():
-        assert name in server, f"client struct {name} has no OpenAPI component"
+        pending = PENDING_ON_SERVER.get(name, frozenset())
+        if name not in server:
+            assert name in PENDING_ON_SERVER, f"client struct {name} has no OpenAPI component"
+            assert pending is None, f"{name}: the server lost it"
+            continue
+        assert pending is not None, f"{name} is on the server now: drop it from PENDING_ON_SERVER"
         theirs = server[name]
-        assert set(ours["properties"]) == set(theirs["properties"]), name
+        arrived = pending & set(theirs["properties"])
+        assert not arrived, f"{name}.{sorted(arrived)} on the server now: drop from PENDING"
+        assert set(ours["properties"]) - pending == set(theirs["properties"]), name
         for field, spec in ours["properties"].items():
-            assert _shape(spec) == _shape(theirs["properties"][field]), f"{name}.{field}"
+            if field not in pending:
+                assert _shape(spec) == _shape(theirs["properties"][field]), f"{name}.{field}"
         # Required on the server means required here, so a missing field fails to decode.
         assert set(ours.get("required", ())) == set(theirs.get("required", ())), name
 
@@ -68,14 +124,15 @@ def test_every_answer_component_has_a_client_struct(openapi: dict[str, Any]) -> 
     assert answers <= ours, f"no client struct for {sorted(answers - ours)}"
 
 
-def _calls() -> dict[str, client_calls.Call[Any]]:
-    """Every call builder, with every optional argument given."""
+def _calls() -> dict[tuple[str, str], client_calls.Call[Any]]:
+    """Every call builder by (method, OpenAPI path), with every optional argument given."""
     agent = "00000000-0000-0000-0000-000000000001"
-    return {
-        "/api/v1/agents": client_calls.agents(status="online", pool="p", limit=5, after=agent),
-        "/api/v1/agents/{agent_id}": client_calls.agent(agent),
-        "/api/v1/agents/{agent_id}/capacity": client_calls.agent_capacity(agent),
-        "/api/v1/agents/available-capacity": client_calls.capacity(
+    claim = "00000000-0000-0000-0000-000000000002"
+    built = [
+        client_calls.agents(status="online", pool="p", limit=5, after=agent),
+        client_calls.agent(agent),
+        client_calls.agent_capacity(agent),
+        client_calls.capacity(
             min_gpu_vram_gb=1,
             min_cpu_cores=1,
             min_mem_gb=1,
@@ -86,24 +143,39 @@ def _calls() -> dict[str, client_calls.Call[Any]]:
             min_reliability=0.5,
             limit=1,
         ),
-        "/api/v1/agents/{agent_id}/metrics": client_calls.history(
-            agent, since=_t(), until=_t(), bucket="1m"
-        ),
-        "/api/v1/events": client_calls.events(
-            agent_id=agent, since=_t(), until=_t(), after_id=1, limit=1
-        ),
-        "/api/v1/events/stream": client_calls.Call(
+        client_calls.history(agent, since=_T, until=_T, bucket="1m"),
+        client_calls.events(agent_id=agent, since=_T, until=_T, after_id=1, limit=1),
+        client_calls.Call(
             "GET", client_calls.EVENTS_STREAM, dict, client_calls.stream_params(agent)
         ),
-        "/healthz": client_calls.health(),
-        "/readyz": client_calls.ready(),
+        client_calls.health(),
+        client_calls.ready(),
+        client_calls.claim(holder="h", ttl_s=60, agent_id=agent),
+        client_calls.claims(agent_id=agent, holder="h", limit=1),
+        client_calls.get_claim(claim),
+        client_calls.renew(claim, 60),
+        client_calls.release(claim),
+        client_calls.cordon(agent, reason="r", by="b"),
+        client_calls.uncordon(agent),
+        client_calls.cordon(agent, reason="r", by="b", gpu_uuid="GPU-1"),
+        client_calls.uncordon(agent, gpu_uuid="GPU-1"),
+        client_calls.cordons(agent_id=agent),
+    ]
+    templated = {
+        agent: "{agent_id}",
+        claim: "{claim_id}",
+        "/gpus/GPU-1/": "/gpus/{gpu_uuid}/",
     }
+    out: dict[tuple[str, str], client_calls.Call[Any]] = {}
+    for call in built:
+        path = call.path
+        for concrete, template in templated.items():
+            path = path.replace(concrete, template)
+        out[(call.method, path)] = call
+    return out
 
 
-def _t() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime(2026, 12, 6, tzinfo=UTC)
+_T = datetime(2026, 12, 6, tzinfo=UTC)
 
 
 def test_every_route_and_query_parameter_is_covered(openapi: dict[str, Any]) -> None:
@@ -112,11 +184,11 @@ def test_every_route_and_query_parameter_is_covered(openapi: dict[str, Any]) -> 
         if path in NOT_CLIENT:
             continue
         for method, operation in item.items():
-            assert path in built, f"{method.upper()} {path} has no client call"
-            call = built[path]
-            assert call.method == method.upper(), path
+            key = (method.upper(), path)
+            assert key in built, f"{method.upper()} {path} has no client call"
             query = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
-            assert set(call.params) == query, path
+            assert set(built[key].params) == query, path
+            assert (built[key].body is not None) == ("requestBody" in operation), path
 
 
 def test_both_clients_offer_the_same_calls() -> None:
