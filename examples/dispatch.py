@@ -31,19 +31,21 @@ class NoCapacity(Exception):
 def place(api: Client, *, holder: str, vram_gb: float, ttl_s: float, attempts: int) -> Claim:
     """Claim one GPU with ``vram_gb`` free on the best machine that has it."""
     for attempt in range(1, attempts + 1):
-        found = api.capacity(min_gpu_vram_gb=vram_gb, min_gpu_count=1, limit=5)
-        for machine in found.items:
-            try:
-                return api.claim(
-                    holder=holder,
-                    ttl_s=ttl_s,
-                    agent_id=machine.agent_id,
-                    gpus=[machine.matching_gpus[0]],
-                    vram_gb=vram_gb,
-                )
-            except ApiConflict as exc:  # taken since the answer: try the next, then ask again
-                log.info("attempt %d: %s: %s", attempt, machine.hostname, exc.detail)
-        time.sleep(min(2.0, 0.1 * attempt))
+        found = api.capacity(min_gpu_vram_gb=vram_gb, min_gpu_count=1, limit=1)
+        if not found.items:  # all busy: wait a little, then ask again
+            time.sleep(min(2.0, 0.1 * attempt))
+            continue
+        best = found.items[0]
+        try:
+            return api.claim(
+                holder=holder,
+                ttl_s=ttl_s,
+                agent_id=best.agent_id,
+                gpus=[best.matching_gpus[0]],
+                vram_gb=vram_gb,
+            )
+        except ApiConflict as exc:  # taken since the answer: ask again at once
+            log.info("attempt %d: %s was taken meanwhile (%s)", attempt, best.hostname, exc.detail)
     raise NoCapacity(f"no GPU with {vram_gb:g} GB free after {attempts} attempts")
 
 
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--holder", default=f"dispatch@{socket.gethostname()}/{os.getpid()}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         with Client(args.api_url, token=args.token) as api:
             for job in range(1, args.jobs + 1):
