@@ -12,7 +12,9 @@
 #   tools       prometheus + promtool (the Debian prometheus *service* is kept stopped and disabled; tests
 #               start their own), docker-compose (Python v1, only used as a compose-file parser), curl, wrk
 #               (the load generator of bench/capacity_api.py), systemd-analyze (checks packaging/systemd;
-#               the package is only installed, nothing is started).
+#               the package is only installed, nothing is started), dbus-daemon (Debian dbus) and Xvfb
+#               (Debian xvfb): the agent's presence tests run their own bus with a test logind and their
+#               own X server.
 #
 # Idempotent.  When everything is already fine nothing but a psql query, a curl and a few file checks run
 # (no apt-get, no root needed), well under a second.  Prints exactly one line per service on stdout.  On
@@ -52,8 +54,8 @@ PG_WANT_BUFFERS=$(( PG_MEM_KB / 4 / 8 ))
 PG_WANT_HUGE=$(( PG_WANT_BUFFERS * 8 / 2048 * 11 / 10 + 64 ))   # 2 MB pages: buffers + 10 % + the rest
 HUGE_SYSCTL=/etc/sysctl.d/60-fleetpulse-hugepages.conf
 HUGE_UNAVAILABLE=/run/fleetpulse-hugepages-unavailable
-TOOL_PKGS=(prometheus docker-compose curl wrk systemd)        # Debian packages of the tools
-TOOL_CMDS=(prometheus promtool docker-compose curl wrk systemd-analyze)  # and the commands they must provide
+TOOL_PKGS=(prometheus docker-compose curl wrk systemd dbus xvfb)        # Debian packages of the tools
+TOOL_CMDS=(prometheus promtool docker-compose curl wrk systemd-analyze dbus-daemon Xvfb)  # and the commands they must provide
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONF_DIR=/etc/postgresql/$PG_MAJOR/main
 PG_DROPIN=$PG_CONF_DIR/conf.d/95-fleetpulse.conf

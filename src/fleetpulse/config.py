@@ -36,6 +36,7 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
 
 DEFAULT_CONFIG_FILE: Final = "fleetpulse.toml"
+_HOURS: Final = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"  # HH:MM-HH:MM, local time
 
 
 def mask_url(url: str) -> str:
@@ -115,6 +116,16 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """A publisher confirm not back within this long drops the connection; the batch goes again."""
     goodbye_timeout_s: Positive = 2.0
     """On stop, how long to try to deliver the spool and the goodbye."""
+    presence_source: Literal["auto", "logind", "x11", "windows", "macos", "none"] = "auto"
+    """Where the user's idle time comes from; `auto`: logind, else X11 (Linux), the OS's own."""
+    offer_idle_s: NonNegative = 0.0
+    """Offer the machine only after the user has been idle this long (0: always)."""
+    offer_exclusive_processes: list[str] = []
+    """Process names that withhold the machine while they run (games, DCC tools, calls)."""
+    offer_hours: Annotated[str, msgspec.Meta(pattern=_HOURS)] | None = None
+    """Offer only within these local hours, `HH:MM-HH:MM` (may span midnight); unset: always."""
+    gpu_xid_hold_s: NonNegative = 600.0
+    """How long an XID error keeps a GPU degraded (or failed) after it was seen."""
 
 
 class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,14 +20,17 @@ __all__ = [
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_QUEUE",
     "EXCHANGE",
+    "GPU_HEALTH",
     "INGEST_QUEUE",
     "MAX_BODY_BYTES",
     "SCHEMA_VERSION",
+    "WITHHELD_REASONS",
     "AgentStats",
     "Goodbye",
     "GpuMetrics",
     "Heartbeat",
     "Message",
+    "Presence",
     "ResourceMetrics",
     "WorkStatus",
     "available_cores",
@@ -59,6 +62,13 @@ Pool = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 WorkState = Literal["idle", "busy", "draining", "unknown"]
+GpuHealth = Literal["ok", "degraded", "failed"]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e10)]
+
+GPU_HEALTH: Final = ("ok", "degraded", "failed")
+# Why an agent withholds its machine; ``exclusive_process`` travels as ``exclusive_process:<name>``.
+WITHHELD_REASONS: Final = ("user_active", "exclusive_process", "outside_hours")
 
 _SLACK: Final = 1.01  # free may exceed total by rounding in the driver, never by more
 
@@ -75,6 +85,16 @@ class GpuMetrics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     temp_c: Celsius | None = None
     power_w: Watts | None = None
     error: ErrorText | None = None
+    # Health (added after v1 shipped, all optional: an agent that predates them leaves
+    # ``health`` None). ``degraded``/``failed`` come with short reasons such as ``xid:79``,
+    # ``throttle:thermal``, ``retired_pages_pending``, ``ecc_uncorrected``.
+    health: GpuHealth | None = None
+    health_reasons: Annotated[list[Reason], msgspec.Meta(max_length=16)] = []
+    xid_events: Annotated[list[NonNegInt], msgspec.Meta(max_length=32)] = []
+    throttle_reasons: Annotated[list[Reason], msgspec.Meta(max_length=16)] = []
+    retired_pages: NonNegInt | None = None
+    retired_pages_pending: bool | None = None
+    ecc_uncorrected: NonNegInt | None = None
 
     def __post_init__(self) -> None:
         if self.vram_free_gb > self.vram_total_gb * _SLACK + 1e-9:
@@ -134,6 +154,20 @@ class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
     gpu_probe_failures_total: NonNegInt = 0
 
 
+class Presence(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether someone uses the machine and whether its owner offers it (optional, additive).
+
+    ``user_idle_s`` None: the idle time cannot be known here (``source`` says ``none``).
+    ``offered`` False comes with ``withheld_reason``: ``user_active``,
+    ``exclusive_process:<name>`` or ``outside_hours``."""
+
+    user_idle_s: Seconds | None = None
+    locked: bool | None = None
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] = "none"
+    offered: bool = True
+    withheld_reason: Reason | None = None
+
+
 class Heartbeat(
     msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat", tag_field="message_type"
 ):
@@ -150,6 +184,7 @@ class Heartbeat(
     pool: Pool | None = None
     work_status: WorkStatus = WorkStatus()
     agent_stats: AgentStats | None = None
+    presence: Presence | None = None
 
 
 class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye", tag_field="message_type"):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from fleetpulse.messages import GpuMetrics
+from fleetpulse.messages import GpuMetrics, Presence
 
 __all__ = ["Collector", "Contribution", "HostCollector", "HostReading"]
 
@@ -32,12 +32,14 @@ class HostReading(msgspec.Struct, frozen=True, kw_only=True):
 class Contribution(msgspec.Struct, frozen=True, kw_only=True):
     """One collector's part of a sample. ``gpus`` None: this collector says nothing about
     GPUs; an empty tuple: there are none. ``gpu_failed``: GPU metrics were wanted and
-    could not be had this time (a probe failure, counted in ``agent_stats``)."""
+    could not be had this time (a probe failure, counted in ``agent_stats``). ``presence``:
+    the user's presence and the offer decision (the presence collector's part)."""
 
     host: HostReading | None = None
     gpus: tuple[GpuMetrics, ...] | None = None
     errors: tuple[str, ...] = ()
     gpu_failed: bool = False
+    presence: Presence | None = None
 
 
 class Collector(Protocol):

@@ -15,7 +15,17 @@ Its behaviour is a scenario (a dict; in the probe child it comes as JSON from
                   "util": 3, "temp": 41, "power_mw": 31500,
                   "unsupported": ["util", "temp", "power_mw", "memory_v2"],
                   "failing": ["temp"],      # fields that raise an unexpected error
-                  "lost": false}]}
+                  "lost": false,
+                  # health signals; a key left out is "not supported" on this device
+                  # (xid and throttle are supported unless listed in "unsupported")
+                  "xids": [[2, 79]],        # [sample number (1 = first), xid]: an XID event
+                                            #   that arrives during that sample
+                  "throttle": 64,           # nvmlClocksThrottleReason* bit mask (0x40 thermal)
+                  "retired_pages": {"sbe": 0, "dbe": 1},
+                  "retired_pending": true,
+                  "remapped_rows": [0, 0, false, false],  # corrected, uncorrected, pending,
+                                                          #   failure
+                  "ecc_uncorrected": 0}]}
 
 Standard library only: the probe child imports it by the name ``fake_nvml``.
 """
@@ -38,15 +48,18 @@ NVML_TEMPERATURE_GPU = 0
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_UNKNOWN = 999
 nvmlMemory_v2 = 0x02000028
+nvmlEventTypeXidCriticalError = 0x8
 
 _MESSAGES = {
     NVML_ERROR_NOT_SUPPORTED: "Not Supported",
     NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
     NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
     NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+    NVML_ERROR_TIMEOUT: "Timeout",
 }
 
 
@@ -72,11 +85,14 @@ class FakeNvml:
     NVMLError = NVMLError
     NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU
     nvmlMemory_v2 = nvmlMemory_v2
+    nvmlEventTypeXidCriticalError = nvmlEventTypeXidCriticalError
 
     def __init__(self, scenario: dict[str, Any] | None = None) -> None:
         self.scenario = scenario or {}
         self.samples = 0
         self.initialised = False
+        self.registered: set[int] = set()
+        self.delivered: set[tuple[int, int]] = set()  # (device, position in its "xids")
 
     def _maybe_hang(self, stage: str) -> None:
         if self.scenario.get("hang") != stage:
@@ -149,6 +165,60 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> Any:
         return self._field(handle, "power_mw")
+
+    def nvmlDeviceGetIndex(self, handle: int) -> int:
+        return handle
+
+    def _supported(self, handle: int, name: str) -> dict[str, Any]:
+        device = self._device(handle)
+        if name in device.get("unsupported", []):
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return device
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: int) -> int:
+        return int(self._supported(handle, "throttle").get("throttle", 0))
+
+    def _present(self, handle: int, name: str) -> Any:
+        device = self._supported(handle, name)
+        if name not in device:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return device[name]
+
+    def nvmlDeviceGetRetiredPages(self, handle: int, cause: int) -> list[int]:
+        pages = self._present(handle, "retired_pages")
+        count = int(pages.get("dbe" if cause == 1 else "sbe", 0))
+        return [0x1000 * (i + 1) for i in range(count)]
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: int) -> int:
+        return 1 if self._present(handle, "retired_pending") else 0
+
+    def nvmlDeviceGetRemappedRows(self, handle: int) -> tuple[int, int, int, int]:
+        corrected, uncorrected, pending, failure = self._present(handle, "remapped_rows")
+        return int(corrected), int(uncorrected), int(bool(pending)), int(bool(failure))
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: int, error_type: int, counter: int) -> int:
+        return int(self._present(handle, "ecc_uncorrected"))
+
+    def nvmlEventSetCreate(self) -> object:
+        return object()
+
+    def nvmlDeviceRegisterEvents(self, handle: int, kinds: int, event_set: object) -> None:
+        self._supported(handle, "xid")
+        self.registered.add(handle)
+
+    def nvmlEventSetWait_v2(self, event_set: object, timeout_ms: int) -> Any:
+        """The next XID due by the current sample on a registered device, else a timeout."""
+        for handle in sorted(self.registered):
+            for position, (due, xid) in enumerate(self._device(handle).get("xids", [])):
+                if due <= self.samples and (handle, position) not in self.delivered:
+                    self.delivered.add((handle, position))
+                    return SimpleNamespace(
+                        device=handle, eventType=nvmlEventTypeXidCriticalError, eventData=xid
+                    )
+        raise NVMLError(NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetFree(self, event_set: object) -> None:
+        self.registered.clear()
 
 
 _default: FakeNvml | None = None

@@ -47,6 +47,7 @@ class GpuCollector:
         respawn_max_s: float = 60.0,
         start_timeout_s: float = 10.0,
         nvml_module: str = "pynvml",
+        xid_hold_s: float = 600.0,
         env: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -54,6 +55,7 @@ class GpuCollector:
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self.nvml_module = nvml_module
+        self.xid_hold_s = xid_hold_s
         self._env = {**os.environ, **(env or {})}
         self._monotonic = monotonic
         self._backoff = Backoff(respawn_initial_s, respawn_max_s, rng=rng)
@@ -98,6 +100,7 @@ class GpuCollector:
             sys.executable,
             str(PROBE_SCRIPT),
             self.nvml_module,
+            repr(float(self.xid_hold_s)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=self._env,

@@ -17,6 +17,7 @@ from fleetpulse.messages import (
     GpuMetrics,
     Heartbeat,
     Message,
+    Presence,
     ResourceMetrics,
     WorkStatus,
     available_cores,
@@ -25,7 +26,14 @@ from fleetpulse.messages import (
     routing_key,
 )
 
-__all__ = ["Identity", "build_goodbye", "build_heartbeat", "resource_metrics", "restamp"]
+__all__ = [
+    "Identity",
+    "build_goodbye",
+    "build_heartbeat",
+    "gpu_is_capacity",
+    "resource_metrics",
+    "restamp",
+]
 
 MAX_ERRORS = 64
 
@@ -41,9 +49,17 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
         return routing_key(self.pool, self.agent_id)
 
 
+def gpu_is_capacity(gpu: GpuMetrics, *, include_degraded: bool = False) -> bool:
+    """A GPU a job could use: no error, not failed, and not degraded unless asked."""
+    if gpu.error or gpu.health == "failed":
+        return False
+    return include_degraded or gpu.health != "degraded"
+
+
 def resource_metrics(contributions: Iterable[Contribution]) -> ResourceMetrics:
     """Merge contributions. ``gpu_vram_available_gb`` is the most free VRAM on one healthy
-    GPU; failed devices are listed with their error but count for nothing."""
+    GPU; failed devices are listed with their error but count for nothing, and degraded ones
+    (``health``) are listed but left out of the summary (the API can include them)."""
     host: HostReading | None = None
     gpus: list[GpuMetrics] = []
     errors: list[str] = []
@@ -63,7 +79,9 @@ def resource_metrics(contributions: Iterable[Contribution]) -> ResourceMetrics:
         if not any(e.startswith("host:") for e in errors):
             errors.append("host: no host metrics")
     errors.extend(g.error for g in gpus if g.error)
-    healthy = sorted((g for g in gpus if not g.error), key=lambda g: (-g.vram_free_gb, g.index))
+    healthy = sorted(
+        (g for g in gpus if gpu_is_capacity(g)), key=lambda g: (-g.vram_free_gb, g.index)
+    )
     gpus.sort(key=lambda g: g.index)
     return ResourceMetrics(
         cpu_load_1m=host.cpu_load_1m,
@@ -90,6 +108,7 @@ def build_heartbeat(
     metrics: ResourceMetrics,
     stats: AgentStats | None = None,
     work_status: WorkStatus | None = None,
+    presence: Presence | None = None,
 ) -> Heartbeat:
     """``sent_at`` starts equal to ``sampled_at``; :func:`restamp` sets it when it leaves."""
     return Heartbeat(
@@ -104,6 +123,7 @@ def build_heartbeat(
         resource_metrics=metrics,
         work_status=work_status or WorkStatus(),
         agent_stats=stats,
+        presence=presence,
     )
 
 

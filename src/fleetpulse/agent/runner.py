@@ -28,13 +28,16 @@ from fleetpulse.agent.heartbeat import (
     build_heartbeat,
     resource_metrics,
 )
+from fleetpulse.agent.offer import OfferPolicy, PresenceCollector
+from fleetpulse.agent.presence import detect_source
 from fleetpulse.agent.publisher import Publisher
 from fleetpulse.agent.spool import Spool, SqliteSpool
 from fleetpulse.agent.state import StateDir, resolve_identity
 from fleetpulse.config import Settings
+from fleetpulse.errors import ConfigError
 from fleetpulse.messages import AgentStats, Heartbeat, encode
 
-__all__ = ["Agent", "default_collectors", "wait_first"]
+__all__ = ["Agent", "default_collectors", "presence_collector", "wait_first"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,26 @@ async def wait_first(main: Awaitable[Any], stop: asyncio.Event) -> bool:
     return main_task.done() and not main_task.cancelled()
 
 
-def default_collectors(settings: Settings) -> list[Collector]:
+def presence_collector(settings: Settings, clock: Clock) -> PresenceCollector:
+    """The configured presence source (``auto``: what this machine offers) and policy;
+    ConfigError for a policy that does not parse or a named source that cannot work here."""
+    agent = settings.agent
+    policy = OfferPolicy.from_settings(agent)
+    try:
+        source = detect_source(agent.presence_source)
+    except OSError as exc:
+        raise ConfigError(
+            f"setting agent.presence_source = {agent.presence_source!r}: {exc}"
+        ) from None
+    log.info(
+        "presence from %s; %s",
+        source.name if source is not None else "nowhere (idle time unknown)",
+        "always offered" if policy.always else f"offer policy {policy}",
+    )
+    return PresenceCollector(source, policy, now=clock.now)
+
+
+def default_collectors(settings: Settings, clock: Clock | None = None) -> list[Collector]:
     agent = settings.agent
     return [
         HostCollector(),
@@ -62,7 +84,9 @@ def default_collectors(settings: Settings) -> list[Collector]:
             respawn_initial_s=agent.gpu_respawn_initial_s,
             respawn_max_s=agent.gpu_respawn_max_s,
             nvml_module=agent.gpu_nvml_module,
+            xid_hold_s=agent.gpu_xid_hold_s,
         ),
+        presence_collector(settings, clock or SystemClock()),
     ]
 
 
@@ -108,7 +132,7 @@ class Agent:
                 self._spool = SqliteSpool(state.spool_path, agent.spool_max_bytes)
             stack.callback(self._spool.close)
             if self._collectors is None:
-                self._collectors = default_collectors(self.settings)
+                self._collectors = default_collectors(self.settings, self.clock)
             for collector in self._collectors:
                 if hasattr(collector, "__aenter__"):
                     await stack.enter_async_context(collector)  # type: ignore[arg-type]
@@ -201,6 +225,7 @@ class Agent:
             sampled_at=sampled_at,
             metrics=resource_metrics(parts),
             stats=stats,
+            presence=next((p.presence for p in parts if p.presence is not None), None),
         )
         spool.push(encode(heartbeat))
         self.publisher.wake()

@@ -34,6 +34,13 @@ def test_a_healthy_device_reports_every_field() -> None:
                 "util_pct": 12.0,
                 "temp_c": 55.0,
                 "power_w": 120.5,
+                "health": "ok",
+                "health_reasons": [],
+                "xid_events": [],
+                "throttle_reasons": [],
+                "retired_pages": None,
+                "retired_pages_pending": None,
+                "ecc_uncorrected": None,
             }
         ],
         "errors": [],
