@@ -27,6 +27,9 @@ check: bootstrap  ## ruff, mypy --strict, import-linter
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	@# the agent and its contract must type-check where desktops are (README "Platforms")
+	$(RUN) mypy --platform win32 -p fleetpulse.agent -p fleetpulse.messages
+	$(RUN) mypy --platform darwin -p fleetpulse.agent -p fleetpulse.messages
 	$(RUN) lint-imports
 
 format:

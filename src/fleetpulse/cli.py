@@ -20,6 +20,30 @@ __all__ = ["build_parser", "main"]
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
+# `pip install fleetpulse` is the agent (and simulate); these commands need an extra.
+EXTRAS = {
+    "ingest": "server",
+    "api": "server",
+    "status": "server",
+    "capacity": "server",
+    "events": "server",
+    "up": "server",
+    "db": "server",
+    "admin": "server",
+    "export": "analysis",
+}
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line hint for a command run without its extra, if that is what happened."""
+    extra = EXTRAS.get(command)
+    if extra is None or (exc.name or "").split(".")[0] == "fleetpulse":
+        return None
+    return (
+        f"fleetpulse {command} needs the {extra} extra (missing module {exc.name}): "
+        f"pip install 'fleetpulse[{extra}]'"
+    )
+
 
 def _agent(settings: Settings, args: argparse.Namespace) -> int:
     from fleetpulse.agent import run_agent
@@ -304,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fleetpulse events | head`: the reader has had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ModuleNotFoundError as exc:
+        hint = _missing_extra(args.command, exc)
+        if hint is None:
+            raise
+        print(f"fleetpulse: {hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

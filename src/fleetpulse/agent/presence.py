@@ -251,6 +251,25 @@ def windows_idle_s(tick_now_ms: int, last_input_ms: int) -> float:
     return ((tick_now_ms - last_input_ms) % TICK_WRAP) / 1000.0
 
 
+if sys.platform == "win32":
+
+    class _LastInputInfo(ctypes.Structure):
+        _fields_ = [("cbSize", ctypes.c_uint), ("dwTime", ctypes.c_uint)]
+
+    def _windows_idle() -> float | None:
+        info = _LastInputInfo()
+        info.cbSize = ctypes.sizeof(info)
+        if not ctypes.windll.user32.GetLastInputInfo(ctypes.byref(info)):
+            return None
+        now = int(ctypes.windll.kernel32.GetTickCount()) & (TICK_WRAP - 1)
+        return windows_idle_s(now, int(info.dwTime))
+
+else:
+
+    def _windows_idle() -> float | None:
+        return None
+
+
 class WindowsSource:
     """``GetLastInputInfo`` (input in this session) against ``GetTickCount``. Type-checked
     for win32, never run here."""
@@ -262,18 +281,7 @@ class WindowsSource:
             raise OSError("GetLastInputInfo is Windows-only")
 
     def read(self) -> PresenceReading:
-        if sys.platform == "win32":
-
-            class LastInputInfo(ctypes.Structure):
-                _fields_ = [("cbSize", ctypes.c_uint), ("dwTime", ctypes.c_uint)]
-
-            info = LastInputInfo()
-            info.cbSize = ctypes.sizeof(info)
-            if not ctypes.windll.user32.GetLastInputInfo(ctypes.byref(info)):
-                return PresenceReading(source=self.name)
-            now = int(ctypes.windll.kernel32.GetTickCount()) & (TICK_WRAP - 1)
-            return PresenceReading(user_idle_s=windows_idle_s(now, info.dwTime), source=self.name)
-        return PresenceReading(source=self.name)
+        return PresenceReading(user_idle_s=_windows_idle(), source=self.name)
 
     def close(self) -> None:
         pass

@@ -1,15 +1,15 @@
 """The agent's state dir: its id (generated once, kept), the spool, and a lock.
 
-The lock (``flock`` on ``agent.lock``) keeps two agents from sharing one state dir,
-which would make them one agent with two heartbeats.
+The lock (``flock`` on ``agent.lock``; ``msvcrt.locking`` on Windows) keeps two agents
+from sharing one state dir, which would make them one agent with two heartbeats.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import socket
+import sys
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +22,18 @@ from fleetpulse.errors import ConfigError
 __all__ = ["StateDir", "resolve_identity"]
 
 _POOL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class StateDir:
@@ -36,7 +48,7 @@ class StateDir:
         except OSError as exc:
             raise ConfigError(f"setting agent.state_dir = {str(self.path)!r}: {exc}") from None
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _try_lock(self._lock.fileno())
         except OSError:
             self._lock.close()
             self._lock = None
