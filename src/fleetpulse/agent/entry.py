@@ -18,10 +18,15 @@ __all__ = ["run_agent", "run_simulate"]
 log = logging.getLogger(__name__)
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
+def _run(main: Coroutine[Any, Any, int], *, fast_loop: bool = True) -> int:
+    """Run ``main``; on uvloop where asked for and installed (not on Windows). The agent
+    itself asks for none: one message per interval gains nothing from it, and its
+    import costs the light agent a megabyte and a half."""
+    if not fast_loop:
+        return asyncio.run(main)
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; be kind without it
+    except ImportError:  # pragma: no cover - not built for Windows
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
@@ -42,7 +47,7 @@ async def _agent_main(settings: Settings) -> int:
 
 def run_agent(settings: Settings) -> int:
     """Run the desktop agent until SIGINT/SIGTERM; 0 on a clean stop."""
-    return _run(_agent_main(settings))
+    return _run(_agent_main(settings), fast_loop=False)
 
 
 async def _simulate_main(

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, time, tzinfo
+from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
@@ -31,6 +33,7 @@ __all__ = [
     "OfferPolicy",
     "PresenceCollector",
     "parse_hours",
+    "proc_process_names",
     "process_names",
     "running_exclusive",
 ]
@@ -82,8 +85,39 @@ def running_exclusive(wanted: Sequence[str], running: Iterable[str]) -> str | No
     return None
 
 
+COMM_LENGTH = 15  # the kernel truncates a process name in /proc/PID/comm to this
+
+
+def proc_process_names(root: Path = Path("/proc")) -> list[str]:
+    """Process names from ``/proc`` (Linux): ``comm``, or where the kernel truncated it,
+    the program's file name from ``cmdline`` when that is what it was cut from (as psutil
+    does). Processes that end or cannot be read meanwhile are skipped."""
+    names: list[str] = []
+    for entry in root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().rstrip("\n")
+            if len(name) >= COMM_LENGTH:
+                argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+                program = os.path.basename(argv0.decode(errors="replace"))
+                if program.startswith(name):
+                    name = program
+        except OSError:
+            continue
+        if name:
+            names.append(name)
+    return names
+
+
 def process_names() -> list[str]:
-    """Names of the processes running now (psutil); unreadable ones are skipped."""
+    """Names of the processes running now (``/proc`` on Linux, else psutil)."""
+    if Path("/proc/self/comm").is_file():
+        return proc_process_names()
+    return _psutil_process_names()
+
+
+def _psutil_process_names() -> list[str]:
     import psutil
 
     names: list[str] = []

@@ -186,6 +186,9 @@ class X11Source:
     name = "x11"
 
     def __init__(self, display: str | None = None) -> None:
+        name = display if display is not None else os.environ.get("DISPLAY")
+        if not name:
+            raise OSError("no X display (DISPLAY is not set)")
         x11_path = ctypes.util.find_library("X11")
         xss_path = ctypes.util.find_library("Xss")
         if x11_path is None or xss_path is None:
@@ -209,9 +212,6 @@ class X11Source:
             ctypes.c_ulong,
             ctypes.POINTER(_XScreenSaverInfo),
         ]
-        name = display if display is not None else os.environ.get("DISPLAY")
-        if not name:
-            raise OSError("no X display (DISPLAY is not set)")
         self._display = self._x11.XOpenDisplay(name.encode())
         if not self._display:
             raise OSError(f"cannot open X display {name!r}")

@@ -11,8 +11,12 @@ be injected for tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
 import math
+import sys
 import time
 from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
@@ -54,6 +58,15 @@ async def wait_first(main: Awaitable[Any], stop: asyncio.Event) -> bool:
                 task.cancel()
         await asyncio.gather(main_task, stop_task, return_exceptions=True)
     return main_task.done() and not main_task.cancelled()
+
+
+def release_startup_memory() -> None:
+    """Hand the heap that start-up (imports, settings, the first connection) left free back
+    to the system (glibc ``malloc_trim``), so a long-running agent's RSS is what it uses."""
+    gc.collect()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def presence_collector(settings: Settings, clock: Clock) -> PresenceCollector:
@@ -142,6 +155,7 @@ class Agent:
         except BaseException:
             await stack.aclose()
             raise
+        release_startup_memory()
         log.info(
             "agent %s (%s, pool %s) started; %d samples spooled from before",
             self.identity.agent_id,

@@ -104,6 +104,8 @@ class SqliteSpool:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # a queue read at its head: a small page cache does (the default is 2 MiB)
+            self._db.execute("PRAGMA cache_size=-256")
             self._db.executescript(_SCHEMA)
             count, size = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM spool"

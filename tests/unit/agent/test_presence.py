@@ -282,3 +282,21 @@ async def test_a_wedged_source_costs_one_timeout_and_is_never_read_twice_at_once
         assert asyncio.get_running_loop().time() < deadline
     await collector.collect()
     assert source.reads == 2
+
+
+def test_process_names_from_a_proc_tree_restore_truncated_names(tmp_path: Any) -> None:
+    from fleetpulse.agent.offer import proc_process_names
+
+    def proc(pid: str, comm: str, cmdline: bytes = b"") -> None:
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "comm").write_text(comm + "\n")
+        (tmp_path / pid / "cmdline").write_bytes(cmdline)
+
+    proc("1", "systemd")
+    proc("42", "DaVinci Resolve"[:15], b"/opt/resolve/bin/DaVinci Resolve\0--x\0")
+    proc("43", "kworker/0:1-eve")  # a kernel thread: no cmdline, keeps its comm
+    (tmp_path / "self").mkdir()
+    (tmp_path / "44").mkdir()  # gone between listing and reading
+    names = proc_process_names(tmp_path)
+    assert sorted(names) == ["DaVinci Resolve", "kworker/0:1-eve", "systemd"]
+    assert running_exclusive(["davinci resolve"], names) == "davinci resolve"
