@@ -18,15 +18,10 @@ __all__ = ["run_agent", "run_simulate"]
 log = logging.getLogger(__name__)
 
 
-def _run(main: Coroutine[Any, Any, int], *, fast_loop: bool = True) -> int:
-    """Run ``main``; on uvloop where asked for and installed (not on Windows). The agent
-    itself asks for none: one message per interval gains nothing from it, and its
-    import costs the light agent a megabyte and a half."""
-    if not fast_loop:
-        return asyncio.run(main)
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - not built for Windows
+    except ImportError:  # pragma: no cover - uvloop is a dependency; be kind without it
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
@@ -47,7 +42,7 @@ async def _agent_main(settings: Settings) -> int:
 
 def run_agent(settings: Settings) -> int:
     """Run the desktop agent until SIGINT/SIGTERM; 0 on a clean stop."""
-    return _run(_agent_main(settings), fast_loop=False)
+    return _run(_agent_main(settings))
 
 
 async def _simulate_main(
