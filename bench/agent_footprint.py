@@ -46,7 +46,10 @@ MANAGEMENT = os.environ.get("FLEETPULSE_BENCH_AMQP_MANAGEMENT_URL", "http://127.
 AGENT_INTERVAL_S = 0.25
 AGENT_HEARTBEATS = 120  # an hour's worth at the default 30 s interval
 ROOT = Path(__file__).resolve().parents[1]
-UV = ["python3", "-m", "uv"]
+# `uv run` (make test) names itself in $UV; else uv on PATH, else the Makefile's way
+UV = [os.environ.get("UV") or shutil.which("uv") or "python3"] + (
+    [] if (os.environ.get("UV") or shutil.which("uv")) else ["-m", "uv"]
+)
 SIM_AGENTS = 10_000
 SIM_INTERVAL_S = 30.0
 SIM_DURATION_S = 30.0

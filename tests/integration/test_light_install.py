@@ -5,15 +5,19 @@ server command says in one line which extra to install."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.slow(6)]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow(12)]
 
 ROOT = Path(__file__).resolve().parents[2]
-UV = ["python3", "-m", "uv"]  # as the Makefile runs it
+# `uv run` (make test) names itself in $UV; else uv on PATH, else the Makefile's way
+UV = [os.environ.get("UV") or shutil.which("uv") or "python3"] + (
+    [] if (os.environ.get("UV") or shutil.which("uv")) else ["-m", "uv"]
+)
 
 
 def uv(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
