@@ -118,7 +118,7 @@ class BatchProcessor:
             await self._settle(batch, rejected, session)
             acked = True
         except Abandoned as exc:
-            log.warning("%s (%d messages)", exc, len(batch))
+            log.warning("%s (%d messages)", exc, len(batch), extra={"batch_size": len(batch)})
             return
         finally:
             if not settled.done():
@@ -135,7 +135,15 @@ class BatchProcessor:
                 plan, result = await self._write_with_retry(part, session)
             except PoisonRowError as exc:
                 if len(part) == 1:
-                    log.warning("database refused message %d: %s", part[0].delivery.tag, exc)
+                    log.warning(
+                        "database refused message %d: %s",
+                        part[0].delivery.tag,
+                        exc,
+                        extra={
+                            "reason": "refused_by_database",
+                            "routing_key": part[0].delivery.routing_key,
+                        },
+                    )
                     outcome.poisoned.append(
                         Rejection(part[0].delivery, "refused_by_database", str(exc), "invalid")
                     )
@@ -160,7 +168,12 @@ class BatchProcessor:
                 raise
             except (ServiceUnavailable, StoreError) as exc:
                 self.metrics.db_retries.inc()
-                log.warning("batch of %d not written, retrying: %s", len(part), exc)
+                log.warning(
+                    "batch of %d not written, retrying: %s",
+                    len(part),
+                    exc,
+                    extra={"batch_size": len(part), "reason": type(exc).__name__},
+                )
                 self.check_alive(session)
                 await backoff.wait()
                 self.check_alive(session)

@@ -52,6 +52,11 @@ def log_rejection(rejection: Rejection) -> None:
             rejection.detail,
             delivery.user_id,
             delivery.routing_key,
+            extra={
+                "reason": rejection.reason,
+                "user_id": delivery.user_id,
+                "routing_key": delivery.routing_key,
+            },
         )
     else:
         log.warning(
@@ -59,6 +64,7 @@ def log_rejection(rejection: Rejection) -> None:
             rejection.reason,
             rejection.detail[:300],
             delivery.routing_key,
+            extra={"reason": rejection.reason, "routing_key": delivery.routing_key},
         )
 
 

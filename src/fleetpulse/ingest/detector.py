@@ -138,7 +138,7 @@ class SilenceDetector:
         if marked:
             self.transitions += marked
             self.metrics.detector_transitions.labels("offline").inc(marked)
-            log.info("silence detector marked %d agents offline", marked)
+            log.info("silence detector marked %d agents offline", marked, extra={"marked": marked})
         await self._maybe_retain(lease)
         return marked
 
@@ -182,4 +182,5 @@ class SilenceDetector:
                 "retention dropped %d chunks older than %g days",
                 dropped,
                 self.config.retention_days,
+                extra={"dropped_chunks": dropped},
             )

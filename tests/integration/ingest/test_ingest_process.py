@@ -31,6 +31,7 @@ from tests.fixtures.ingest import (
     wait_for_queue,
     wait_until,
 )
+from tests.fixtures.logs import json_log_lines
 
 pytestmark = pytest.mark.slow(7)
 
@@ -53,6 +54,7 @@ def _ingest_process(db_url: str, amqp_url: str, port: int, log: Any) -> subproce
         FLEETPULSE_INGEST_METRICS_PORT=str(port),
         FLEETPULSE_INGEST_OFFLINE_CHECK_INTERVAL_S="0.05",
         FLEETPULSE_INGEST_BATCH_MAX_AGE_S="0.01",
+        FLEETPULSE_LOG_FORMAT="json",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "fleetpulse", "ingest"],
@@ -94,6 +96,7 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
         await wait_for_queue(amqp_url, INGEST_QUEUE)
         agent = uuid.uuid4()
         await publish(amqp_url, [heartbeat(agent, s) for s in range(1, 4)])
+        await publish(amqp_url, [b"not a heartbeat"])
         await wait_until(
             lambda: scalar(db_url, "SELECT count(*) FROM agent_samples") == 3, timeout_s=10
         )
@@ -104,7 +107,12 @@ async def test_cli_ingest_stores_serves_metrics_and_stops_cleanly_on_sigterm(
         code = await asyncio.to_thread(proc.wait, 15)
         output = log.read_text()
         assert code == 0, output
-        assert "draining" in output
+        logged = json_log_lines(output)
+        assert any("draining" in r["message"] for r in logged)
+        [rejected] = [r for r in logged if r["message"].startswith("message rejected")]
+        assert (rejected["level"], rejected["logger"]) == ("WARNING", "fleetpulse.ingest.worker")
+        assert rejected["reason"]
+        assert rejected["routing_key"]
     finally:
         if proc.poll() is None:
             proc.kill()
