@@ -1,9 +1,11 @@
 """Generate fleetpulse's Grafana dashboards: ``python dashboards/grafana/build.py``.
 
-The JSON under ``dashboards/`` is this file's output and is committed; a test checks the
-two agree (``--check`` does the same by hand). Panels query Prometheus (the API and ingest
-exporters) or TimescaleDB (the hypertables), through the datasources provisioned with the
-uids below.
+Built with Grafana Labs' typed builders (``grafana-foundation-sdk``, the release made for the
+Grafana version compose.yaml runs). The JSON under ``dashboards/`` is this file's output and
+is committed; a test checks the two agree (``--check`` does the same by hand). Panels query
+Prometheus (the API and ingest exporters) or TimescaleDB (the hypertables), through the
+datasources provisioned with the uids below. The SDK has no query type for Grafana's
+PostgreSQL datasource, so :class:`SqlQuery` is that one, in the SDK's own protocol.
 """
 
 from __future__ import annotations
@@ -11,60 +13,110 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from grafana_foundation_sdk.builders import (
+    common as common_builders,
+    dashboard as board,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
+from grafana_foundation_sdk.cog import builder as cogbuilder, variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common, dashboard as model
+
 OUT_DIR: Final = Path(__file__).resolve().parent / "dashboards"
-PROM: Final = {"type": "prometheus", "uid": "fleetpulse-prometheus"}
-TSDB: Final = {"type": "grafana-postgresql-datasource", "uid": "fleetpulse-timescaledb"}
+PROM: Final = model.DataSourceRef(type_val="prometheus", uid="fleetpulse-prometheus")
+TSDB: Final = model.DataSourceRef(
+    type_val="grafana-postgresql-datasource", uid="fleetpulse-timescaledb"
+)
 GRID_WIDTH: Final = 24
 
 Json = dict[str, Any]
+Query = cogbuilder.Builder[cogvariants.Dataquery]
+Panel = cogbuilder.Builder[model.Panel]
 
 
-def prom(expr: str, legend: str = "", *, instant: bool = False) -> Json:
-    target: Json = {"datasource": PROM, "expr": expr, "legendFormat": legend or "__auto"}
-    if instant:
-        target |= {"instant": True, "range": False}
-    return target
+class SqlQuery(cogvariants.Dataquery):
+    """A raw-SQL target of the ``grafana-postgresql-datasource`` plugin."""
+
+    def __init__(self, raw_sql: str, *, table: bool) -> None:
+        self.raw_sql = raw_sql
+        self.table = table
+        self.ref_id = ""
+
+    def to_json(self) -> Json:
+        return {
+            "datasource": TSDB.to_json(),
+            "editorMode": "code",
+            "format": "table" if self.table else "time_series",
+            "rawQuery": True,
+            "rawSql": self.raw_sql,
+            "refId": self.ref_id,
+        }
 
 
-def sql(raw: str, *, table: bool = False) -> Json:
-    return {
-        "datasource": TSDB,
-        "editorMode": "code",
-        "rawQuery": True,
-        "format": "table" if table else "time_series",
-        "rawSql": " ".join(raw.split()),
-    }
+class Sql(cogbuilder.Builder[SqlQuery]):
+    def __init__(self, raw_sql: str, *, table: bool) -> None:
+        self._internal = SqlQuery(raw_sql, table=table)
+
+    def ref_id(self, ref_id: str) -> Sql:
+        self._internal.ref_id = ref_id
+        return self
+
+    def build(self) -> SqlQuery:
+        return self._internal
+
+
+def prom(expr: str, legend: str = "", *, instant: bool = False) -> prometheus.Dataquery:
+    query = prometheus.Dataquery().datasource(PROM).expr(expr).legend_format(legend or "__auto")
+    return query.instant() if instant else query
+
+
+def sql(raw: str, *, table: bool = False) -> Sql:
+    return Sql(" ".join(raw.split()), table=table)
+
+
+_KINDS: Final[dict[str, Callable[[], Any]]] = {
+    "stat": stat.Panel,
+    "timeseries": timeseries.Panel,
+    "table": table.Panel,
+}
 
 
 def panel(
     kind: str,
     title: str,
-    targets: list[Json],
+    targets: list[Any],
     *,
     w: int = 12,
     h: int = 8,
     unit: str = "",
-    **opts: Any,
-) -> Json:
-    source = targets[0]["datasource"]
-    defaults: Json = {"unit": unit} if unit else {}
-    if "min" in opts:
-        defaults["min"] = opts.pop("min")
-    if "max" in opts:
-        defaults["max"] = opts.pop("max")
-    return {
-        "type": kind,
-        "title": title,
-        "description": opts.pop("description", ""),
-        "datasource": source,
-        "gridPos": {"w": w, "h": h},
-        "targets": [t | {"refId": chr(ord("A") + n)} for n, t in enumerate(targets)],
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "options": opts,
-    }
+    description: str = "",
+    min: float | None = None,
+    max: float | None = None,
+    color_mode: common.BigValueColorMode | None = None,
+) -> Panel:
+    built: Any = _KINDS[kind]().title(title).description(description).height(h).span(w)
+    built = built.datasource(PROM if isinstance(targets[0], prometheus.Dataquery) else TSDB)
+    for n, target in enumerate(targets):
+        built = built.with_target(target.ref_id(chr(ord("A") + n)))
+    if unit:
+        built = built.unit(unit)
+    if min is not None:
+        built = built.min(min)
+    if max is not None:
+        built = built.max(max)
+    if color_mode is not None:
+        built = built.color_mode(color_mode)
+    if kind == "stat":  # the latest value, as Grafana's own default says it
+        built = built.reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+    result: Panel = built
+    return result
 
 
 def quantile(q: float, histogram: str, by: str = "") -> str:
@@ -79,78 +131,83 @@ def increase(counter: str, by: str) -> str:
     return f"sum by ({by}) (increase({counter}[$__rate_interval]))"
 
 
-def layout(panels: list[Json]) -> list[Json]:
-    """Ids in order and grid positions filled left to right, top to bottom."""
+def layout(panels: list[Panel]) -> list[Panel]:
+    """Ids in order and grid positions filled left to right, top to bottom (a panel that
+    does not fit the row starts the next one)."""
     x = y = row_h = 0
     for n, p in enumerate(panels, start=1):
-        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
+        spec = p.build()
+        assert spec.grid_pos is not None
+        w, h = spec.grid_pos.w, spec.grid_pos.h
         if x + w > GRID_WIDTH:
             x, y, row_h = 0, y + row_h, 0
-        p["id"] = n
-        p["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+        p.id(n).grid_pos(model.GridPos(x=x, y=y, w=w, h=h))  # type: ignore[attr-defined]
         x, row_h = x + w, max(row_h, h)
     return panels
 
 
 def dashboard(
-    uid: str, title: str, panels: list[Json], variables: list[Json], **extra: Any
+    uid: str,
+    title: str,
+    panels: list[Panel],
+    variables: list[cogbuilder.Builder[model.VariableModel]],
+    *,
+    description: str = "",
+    refresh: str = "30s",
+    time_from: str = "now-6h",
 ) -> Json:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": extra.pop("description", ""),
-        "tags": ["fleetpulse"],
-        "timezone": "browser",
-        "editable": False,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": extra.pop("refresh", "30s"),
-        "time": {"from": extra.pop("time_from", "now-6h"), "to": "now"},
-        "annotations": {"list": []},
-        "templating": {"list": variables},
-        "links": [
-            {
-                "type": "dashboards",
-                "tags": ["fleetpulse"],
-                "asDropdown": True,
-                "title": "fleetpulse",
-            }
-        ],
-        "panels": layout(panels),
-    }
+    built = (
+        board.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["fleetpulse"])
+        .timezone("browser")
+        .readonly()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .refresh(refresh)
+        .time(time_from, "now")
+        .link(
+            board.DashboardLink("fleetpulse")
+            .type(model.DashboardLinkType.DASHBOARDS)
+            .tags(["fleetpulse"])
+            .as_dropdown(True)
+        )
+    )
+    for variable in variables:
+        built = built.with_variable(variable)
+    for p in layout(panels):
+        built = built.with_panel(p)
+    spec: Json = json.loads(JSONEncoder(sort_keys=True).encode(built.build()))
+    spec["version"] = 1
+    return spec
 
 
-POOL_VARIABLE: Final[Json] = {
-    "name": "pool",
-    "label": "Pool",
-    "type": "query",
-    "datasource": PROM,
-    "definition": "label_values(fleetpulse_agents, pool)",
-    "query": {"query": "label_values(fleetpulse_agents, pool)", "refId": "pool"},
-    "refresh": 2,
-    "sort": 1,
-    "multi": True,
-    "includeAll": True,
-    "allValue": ".*",
-    "current": {"text": "All", "value": "$__all"},
-}
+POOL_VARIABLE: Final = (
+    board.QueryVariable("pool")
+    .label("Pool")
+    .datasource(PROM)
+    .query({"query": "label_values(fleetpulse_agents, pool)", "refId": "pool"})
+    .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+    .sort(model.VariableSort.ALPHABETICAL_ASC)
+    .multi(True)
+    .include_all(True)
+    .all_value(".*")
+    .current(model.VariableOption(text="All", value="$__all", selected=True))
+)
 
-AGENT_VARIABLE: Final[Json] = {
-    "name": "agent",
-    "label": "Agent",
-    "type": "query",
-    "datasource": TSDB,
-    "definition": "agents from the registry",
-    "query": (
+AGENT_VARIABLE: Final = (
+    board.QueryVariable("agent")
+    .label("Agent")
+    .datasource(TSDB)
+    .query(
         "SELECT hostname || ' (' || pool_name || ')' AS __text, agent_id::text AS __value "
         "FROM agent_registry ORDER BY hostname"
-    ),
-    "refresh": 1,
-    "sort": 0,
-    "multi": False,
-    "includeAll": False,
-}
+    )
+    .refresh(model.VariableRefresh.ON_DASHBOARD_LOAD)
+    .sort(model.VariableSort.DISABLED)
+    .multi(False)
+    .include_all(False)
+)
 
 
 def fleet_overview() -> Json:
@@ -162,7 +219,7 @@ def fleet_overview() -> Json:
             [prom(f'sum(fleetpulse_agents{{status="online", {pool}}}) or vector(0)', "online")],
             w=4,
             h=4,
-            colorMode="background",
+            color_mode=common.BigValueColorMode.BACKGROUND,
         ),
         panel(
             "stat",
@@ -170,7 +227,7 @@ def fleet_overview() -> Json:
             [prom(f'sum(fleetpulse_agents{{status="offline", {pool}}}) or vector(0)', "offline")],
             w=4,
             h=4,
-            colorMode="background",
+            color_mode=common.BigValueColorMode.BACKGROUND,
         ),
         panel(
             "stat",
@@ -298,14 +355,14 @@ def fleet_overview() -> Json:
     )
 
 
-def _agent_series(columns: str, table: str = "agent_samples") -> Json:
+def _agent_series(columns: str, table: str = "agent_samples") -> Sql:
     return sql(
         f"""SELECT $__timeGroupAlias(sampled_at, $__interval), {columns} FROM {table}
         WHERE agent_id = '$agent' AND $__timeFilter(sampled_at) GROUP BY 1 ORDER BY 1"""
     )
 
 
-def _gpu_series(value: str) -> Json:
+def _gpu_series(value: str) -> Sql:
     return sql(
         f"""SELECT $__timeGroupAlias(sampled_at, $__interval), 'GPU ' || gpu_index AS metric,
         {value} FROM gpu_samples WHERE agent_id = '$agent' AND $__timeFilter(sampled_at)
