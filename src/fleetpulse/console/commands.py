@@ -59,7 +59,7 @@ def _guarded(action: Callable[[], None]) -> int:
 
 
 def _console(out: TextIO | None) -> Console:
-    return Console(file=out or sys.stdout, width=160, highlight=False)
+    return Console(file=out or sys.stdout, width=200, highlight=False)
 
 
 def run_status(

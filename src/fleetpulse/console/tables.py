@@ -64,9 +64,32 @@ def _reliability(agent: Agent) -> str:
     return "-" if agent.reliability_30d is None else f"{agent.reliability_30d:.1%}"
 
 
+def _held(agent: Agent) -> str:
+    """What active claims hold: ``GPU0 8, 4 cores, 16 GiB``."""
+    parts = [f"GPU{g.index} {g.vram_held_gb:g}" for g in agent.gpus if g.vram_held_gb]
+    if agent.cpu_held_cores:
+        parts.append(f"{agent.cpu_held_cores} cores")
+    if agent.mem_held_gb:
+        parts.append(f"{agent.mem_held_gb:g} GiB")
+    return ", ".join(parts) or "-"
+
+
+def _cordons(agent: Agent) -> str:
+    """``host by ops: fan; GPU1 by ops: Xid 79``."""
+    parts = [] if agent.cordon is None else [f"host by {agent.cordon.by}: {agent.cordon.reason}"]
+    parts += [f"GPU{g.index} by {g.cordon.by}: {g.cordon.reason}" for g in agent.gpus if g.cordon]
+    return "; ".join(parts) or "-"
+
+
+def _claimed_or_cordoned(agent: Agent) -> bool:
+    return agent.claims is not None or agent.cordon is not None or any(g.cordon for g in agent.gpus)
+
+
 def fleet_table(agents: Sequence[Agent]) -> Table:
-    """Online first, then most free VRAM, most free cores, host name."""
-    table = _table("fleetpulse fleet", _FLEET_COLUMNS)
+    """Online first, then most free VRAM, most free cores, host name. The columns ``held``
+    and ``cordoned`` appear only when some agent has claims or a cordon (API with claims)."""
+    extra = any(map(_claimed_or_cordoned, agents))
+    table = _table("fleetpulse fleet", _FLEET_COLUMNS + (("held", "cordoned") if extra else ()))
     for a in sorted(agents, key=_order):
         table.add_row(
             a.hostname,
@@ -79,6 +102,7 @@ def fleet_table(agents: Sequence[Agent]) -> Table:
             str(a.gpu_count),
             f"{a.gpu_vram_available_gb:.1f}",
             _reliability(a),
+            *((_held(a), _cordons(a)) if extra else ()),
         )
     return table
 

@@ -67,6 +67,34 @@ def test_fleet_table_online_first_and_pool_summary() -> None:
     assert pool_summary([]) == "pools: none"
 
 
+def test_held_and_cordoned_columns_only_when_some_agent_has_them() -> None:
+    note = {"reason": "fan noise", "by": "ops", "at": NOW}
+    gpu = {
+        "uuid": "GPU-x",
+        "name": "NVIDIA L4",
+        "vram_total_gb": 24.0,
+        "vram_free_gb": 20.0,
+        "util_pct": None,
+        "temp_c": None,
+        "power_w": None,
+        "error": None,
+    }
+    plain = _agent(hostname="plain")
+    claimed = _agent(
+        hostname="claimed",
+        claims=1,
+        cpu_held_cores=4,
+        mem_held_gb=16.0,
+        gpus=[{**gpu, "index": 0, "vram_held_gb": 8.0}, {**gpu, "index": 1, "cordon": note}],
+    )
+    cordoned = _agent(hostname="cordoned", cordon=note, schedulable=False)
+    assert "held" not in _text(fleet_table([plain]))
+    text = _text(fleet_table([plain, claimed, cordoned]))
+    assert "GPU0 8, 4 cores, 16 GiB" in text
+    assert "GPU1 by ops: fan noise" in text
+    assert "host by ops: fan noise" in text
+
+
 def test_capacity_table_shows_the_usable_gpus_and_their_free_vram() -> None:
     gpu = {
         "uuid": "GPU-x",
