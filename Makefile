@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 3
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: bootstrap services up test test-unit check lint format bench lock clean-db
+.PHONY: bootstrap services up test test-unit check lint format bench mutate lock clean-db
 
 bootstrap:  ## Python toolchain and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -38,6 +38,9 @@ format:
 
 bench: bootstrap services  ## every benchmark; each prints JSON
 	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+mutate: bootstrap  ## mutation testing of the pure core, per module (slow; not in test or CI)
+	$(RUN) python mutation/run.py $(MUTATE_ARGS)
 
 lock:
 	$(UV) lock

@@ -165,9 +165,194 @@ def test_invalid_heartbeats_are_rejected_with_reason(mutate: Any, reason: str, n
     assert needle in str(error)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"\xff\xfe\x00", b"[1, 2]", b"null"])
-def test_malformed_bodies_are_rejected(raw: bytes) -> None:
-    assert rejection(raw).reason in {"malformed", "invalid"}
+@pytest.mark.parametrize(
+    ("raw", "reason", "needle"),
+    [
+        (b"", "malformed", "malformed JSON"),
+        (b"{", "malformed", "malformed JSON"),
+        (b"not json", "malformed", "malformed JSON"),
+        (b"\xff\xfe\x00", "malformed", "malformed JSON"),
+        (b"[1, 2]", "invalid", "Expected `object`, got `array`"),
+        (b"null", "invalid", "Expected `object`, got `null`"),
+    ],
+)
+def test_malformed_bodies_are_rejected(raw: bytes, reason: str, needle: str) -> None:
+    error = rejection(raw)
+    assert error.reason == reason
+    assert needle in str(error)
+    assert error.detail == str(error)
+
+
+def test_a_body_nested_too_deep_to_parse_is_malformed_not_a_crash() -> None:
+    doc = b'{"future": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert len(doc) < messages.MAX_BODY_BYTES
+    error = rejection(doc)
+    assert error.reason == "malformed"
+    assert "undecodable body" in str(error)
+    assert "recursion" in str(error)
+
+
+def minimal_cpu_only() -> dict[str, Any]:
+    """The least an agent may send: required fields only, no GPU, no pool, no stats."""
+    return {
+        "schema_version": 1,
+        "message_type": "heartbeat",
+        "agent_id": str(AGENT),
+        "seq": 0,
+        "sampled_at": "2026-11-24T04:00:00Z",
+        "sent_at": "2026-11-24T04:00:00Z",
+        "hostname": "h",
+        "agent_version": "1",
+        "resource_metrics": {
+            "cpu_load_1m": 0.0,
+            "cpu_load_5m": 0.0,
+            "cpu_load_15m": 0.0,
+            "cpu_cores": 2,
+            "cpu_available_cores": 2,
+            "mem_total_gb": 4.0,
+            "mem_available_gb": 1.0,
+        },
+    }
+
+
+def test_a_minimal_cpu_only_heartbeat_decodes_with_the_documented_defaults() -> None:
+    hb = decode(body(minimal_cpu_only()))
+    assert isinstance(hb, Heartbeat)
+    metrics = hb.resource_metrics
+    assert (metrics.gpu_type, metrics.gpu_count, metrics.gpus) == ("none", 0, [])
+    assert metrics.errors == []
+    assert (metrics.gpu_vram_total_gb, metrics.gpu_vram_available_gb) == (0.0, 0.0)
+    assert hb.pool is None
+    assert hb.agent_stats is None
+    assert hb.work_status == WorkStatus(state="idle", running_jobs=0)
+    assert decode(encode(hb)) == hb
+
+
+# Free may exceed total by the driver's rounding: up to 1 % (inclusive), plus float noise.
+VRAM_TOLERANCE = [
+    (24.0, 24.0, True),
+    (24.0, 24.24, True),
+    (0.0, 1e-9, True),
+    (24.0, 24.25, False),
+    (100.0, 101.5, False),
+    (0.0, 0.001, False),
+    (0.0, 0.5, False),
+]
+
+
+@pytest.mark.parametrize(("total", "free", "accepted"), VRAM_TOLERANCE)
+def test_free_vram_of_one_gpu_never_exceeds_its_total_beyond_rounding(
+    total: float, free: float, accepted: bool
+) -> None:
+    doc = design_example()
+    doc["resource_metrics"]["gpus"][0].update(vram_total_gb=total, vram_free_gb=free)
+    doc["resource_metrics"].update(gpu_vram_total_gb=24.0, gpu_vram_available_gb=0.0)
+    if accepted:
+        assert decode(body(doc)).resource_metrics.gpus[0].vram_free_gb == free  # type: ignore[union-attr]
+    else:
+        error = rejection(doc)
+        assert error.reason == "invalid"
+        assert f"gpu 0: vram_free_gb {free} exceeds vram_total_gb {total}" in str(error)
+
+
+@pytest.mark.parametrize(("total", "free", "accepted"), VRAM_TOLERANCE)
+def test_free_vram_of_the_host_never_exceeds_its_total_beyond_rounding(
+    total: float, free: float, accepted: bool
+) -> None:
+    doc = design_example()
+    doc["resource_metrics"].update(gpu_vram_total_gb=total, gpu_vram_available_gb=free)
+    if accepted:
+        hb = decode(body(doc))
+        assert hb.resource_metrics.gpu_vram_available_gb == free  # type: ignore[union-attr]
+    else:
+        error = rejection(doc)
+        assert error.reason == "invalid"
+        assert f"gpu_vram_available_gb {free} exceeds gpu_vram_total_gb {total}" in str(error)
+
+
+@pytest.mark.parametrize(("total", "free", "accepted"), VRAM_TOLERANCE)
+def test_available_memory_never_exceeds_the_total_beyond_rounding(
+    total: float, free: float, accepted: bool
+) -> None:
+    doc = minimal_cpu_only()
+    doc["resource_metrics"].update(mem_total_gb=total, mem_available_gb=free)
+    if accepted:
+        assert decode(body(doc)).resource_metrics.mem_available_gb == free  # type: ignore[union-attr]
+    else:
+        error = rejection(doc)
+        assert error.reason == "invalid"
+        assert f"mem_available_gb {free} exceeds mem_total_gb {total}" in str(error)
+
+
+@pytest.mark.parametrize(("cores", "available", "accepted"), [(8, 8, True), (8, 9, False)])
+def test_available_cores_never_exceed_the_cores(cores: int, available: int, accepted: bool) -> None:
+    doc = minimal_cpu_only()
+    doc["resource_metrics"].update(cpu_cores=cores, cpu_available_cores=available)
+    if accepted:
+        assert decode(body(doc)).resource_metrics.cpu_available_cores == available  # type: ignore[union-attr]
+    else:
+        assert "cpu_available_cores 9 exceeds cpu_cores 8" in str(rejection(doc))
+
+
+def test_gpu_count_may_be_below_the_gpus_listed_never_above() -> None:
+    doc = design_example()
+    doc["resource_metrics"].update(gpu_count=0)  # the one listed GPU failed: counts for nothing
+    assert decode(body(doc)).resource_metrics.gpu_count == 0  # type: ignore[union-attr]
+    doc["resource_metrics"].update(gpu_count=2)
+    assert "gpu_count 2 exceeds the 1 gpus listed" in str(rejection(doc))
+
+
+def _set(path: str, value: object) -> Any:
+    def apply(doc: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        target: Any = doc
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[leaf] = value
+
+    return apply
+
+
+# Each bound of the contract: the last value inside is accepted, the first outside is not.
+BOUNDS = [
+    ("seq", 2**53, 2**53 + 1),
+    ("hostname", "h" * 255, "h" * 256),
+    ("agent_version", "v" * 64, "v" * 65),
+    ("pool", "p" * 63, "p" * 64),
+    ("resource_metrics.cpu_cores", 65_536, 65_537),
+    ("resource_metrics.cpu_load_1m", 1e6, 1e6 + 1),
+    ("resource_metrics.mem_total_gb", 1e7, 1e7 + 1),
+    ("resource_metrics.gpu_type", "t" * 255, "t" * 256),
+    ("resource_metrics.errors", ["e" * 1024], ["e" * 1025]),
+    ("resource_metrics.errors", ["e"] * 64, ["e"] * 65),
+    ("resource_metrics.gpus.0.index", 255, 256),
+    ("resource_metrics.gpus.0.util_pct", 100.0, 100.5),
+    ("resource_metrics.gpus.0.temp_c", 250.0, 250.5),
+    ("resource_metrics.gpus.0.temp_c", -100.0, -100.5),
+    ("resource_metrics.gpus.0.power_w", 100_000.0, 100_000.5),
+    ("resource_metrics.gpus.0.error", "x" * 1024, "x" * 1025),
+    ("work_status.running_jobs", 1_000_000, 1_000_001),
+]
+
+
+@pytest.mark.parametrize(("path", "inside", "outside"), BOUNDS)
+def test_every_bound_is_inclusive_and_exact(path: str, inside: object, outside: object) -> None:
+    doc = design_example()
+    _set(path, inside)(doc)
+    assert isinstance(decode(body(doc)), Heartbeat)
+    _set(path, outside)(doc)
+    error = rejection(doc)
+    assert error.reason == "invalid"
+    assert path.split(".")[-1] in str(error)
+
+
+def test_agent_stats_bounds_are_exact() -> None:
+    doc = design_example()
+    doc["agent_stats"] = {"collect_ms": 1e9, "spool_depth": 2**53}
+    stats = decode(body(doc)).agent_stats  # type: ignore[union-attr]
+    assert stats == AgentStats(collect_ms=1e9, spool_depth=2**53)
+    doc["agent_stats"] = {"collect_ms": 1e9 + 1}
+    assert "collect_ms" in str(rejection(doc))
 
 
 def test_oversize_body_is_rejected_before_parsing() -> None:

@@ -17,7 +17,7 @@ from fleetpulse.agent import (
     restamp,
 )
 from fleetpulse.errors import MessageError
-from fleetpulse.messages import GpuMetrics, Heartbeat, decode, encode
+from fleetpulse.messages import AgentStats, GpuMetrics, Heartbeat, WorkStatus, decode, encode
 
 HOST = HostReading(
     cpu_load_1m=2.7,
@@ -108,3 +108,57 @@ def test_goodbye_and_default_pool() -> None:
 def test_restamp_refuses_a_corrupt_body() -> None:
     with pytest.raises(MessageError):
         restamp(b"{not json", T0)
+
+
+def test_without_host_metrics_every_host_figure_is_zero() -> None:
+    metrics = resource_metrics([Contribution(gpus=(gpu(0, 5.0),))])
+    host = (metrics.cpu_load_1m, metrics.cpu_load_5m, metrics.cpu_load_15m, metrics.cpu_cores)
+    assert host == (0.0, 0.0, 0.0, 0)
+    assert (metrics.cpu_available_cores, metrics.mem_total_gb, metrics.mem_available_gb) == (
+        0,
+        0.0,
+        0.0,
+    )
+    assert metrics.gpu_count == 1
+    assert metrics.errors == ["host: no host metrics"]
+
+
+def test_a_healthy_gpu_without_a_name_is_of_type_unknown() -> None:
+    nameless = GpuMetrics(index=0, vram_total_gb=8.0, vram_free_gb=8.0)
+    metrics = resource_metrics([Contribution(host=HOST, gpus=(nameless,))])
+    assert metrics.gpu_type == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("totals", "expected"),
+    [((8.25, 8.0), 16.25), ((7.99991, 8.0), 16.0), ((0.1, 0.2), 0.3), ((11.5,), 11.5)],
+)
+def test_total_vram_sums_the_healthy_gpus_to_the_megabyte(
+    totals: tuple[float, ...], expected: float
+) -> None:
+    gpus = [gpu(i, 0.0, total) for i, total in enumerate(totals)]
+    gpus.append(gpu(len(totals), 0.0, error="gpu: GPU is lost"))
+    metrics = resource_metrics([Contribution(host=HOST, gpus=tuple(gpus))])
+    assert metrics.gpu_vram_total_gb == expected
+    assert isinstance(metrics.gpu_vram_total_gb, float)
+
+
+def test_a_heartbeat_carries_the_agents_stats_and_work_status() -> None:
+    stats = AgentStats(collect_ms=2.5, spool_depth=3, reconnects_total=1)
+    busy = WorkStatus(state="busy", running_jobs=2)
+    metrics = resource_metrics([Contribution(host=HOST)])
+    beat = build_heartbeat(
+        IDENTITY, seq=1, sampled_at=T0, metrics=metrics, stats=stats, work_status=busy
+    )
+    assert decode(encode(beat)) == beat
+    assert (beat.agent_stats, beat.work_status) == (stats, busy)
+    assert beat.resource_metrics == metrics
+    assert (beat.agent_id, beat.hostname, beat.pool) == (IDENTITY.agent_id, "ws-17", "render")
+    plain = build_heartbeat(IDENTITY, seq=2, sampled_at=T0, metrics=metrics)
+    assert (plain.agent_stats, plain.work_status) == (None, WorkStatus(state="idle"))
+
+
+def test_a_goodbye_names_the_agents_pool() -> None:
+    goodbye = build_goodbye(IDENTITY, seq=9, sent_at=T0)
+    assert (goodbye.pool, goodbye.hostname, goodbye.seq) == ("render", "ws-17", 9)
+    assert restamp(encode(goodbye), T0)[1] == f"heartbeat.render.{IDENTITY.agent_id}"

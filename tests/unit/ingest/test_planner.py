@@ -5,11 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import msgspec
+
 from fleetpulse.ingest import Decoded, Delivery, decode_batch, plan_batch
 from fleetpulse.ingest.planner import pg_text_array
-from fleetpulse.messages import encode
-from fleetpulse.store import AgentState
-from tests.fixtures.ingest import PROFILES, T0, goodbye, heartbeat
+from fleetpulse.messages import (
+    AgentStats,
+    GpuMetrics,
+    Heartbeat,
+    ResourceMetrics,
+    WorkStatus,
+    encode,
+)
+from fleetpulse.store import AgentState, GoodbyeRow, GpuRow, RegistryRow, SampleRow
+from tests.fixtures.ingest import PROFILES, T0, goodbye, gpu, heartbeat, resources
 
 A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 B = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -134,3 +143,258 @@ def test_gpu_rows_include_failed_gpus() -> None:
 def test_pg_text_array_quotes_and_escapes() -> None:
     assert pg_text_array([]) == "{}"
     assert pg_text_array(['a "b"', "c\\d", "e,f"]) == '{"a \\"b\\"","c\\\\d","e,f"}'
+
+
+# -- every reported value lands in its row -------------------------------------------------
+
+WS = uuid.UUID("00000000-0000-4000-8000-0000000000c5")
+
+
+def workstation(seq: int, *, at_s: float, hostname: str, version: str = "0.1.0") -> Heartbeat:
+    """A heartbeat whose every value differs from every other, so a row that takes one field
+    from the wrong place cannot pass."""
+    sampled = T0 + timedelta(seconds=at_s)
+    return Heartbeat(
+        schema_version=1,
+        agent_id=WS,
+        seq=seq,
+        sampled_at=sampled,
+        sent_at=sampled + timedelta(seconds=1),
+        hostname=hostname,
+        agent_version=version,
+        work_status=WorkStatus(state="busy", running_jobs=3),
+        resource_metrics=ResourceMetrics(
+            cpu_load_1m=2.5,
+            cpu_load_5m=1.75,
+            cpu_load_15m=1.25,
+            cpu_cores=12,
+            cpu_available_cores=9,
+            mem_total_gb=48.0,
+            mem_available_gb=30.5,
+            gpu_type="RTX A4000",
+            gpu_count=1,
+            gpu_vram_total_gb=16.0,
+            gpu_vram_available_gb=11.5,
+            gpus=[
+                GpuMetrics(
+                    index=1,
+                    uuid="GPU-aaaa",
+                    name="RTX A4000",
+                    vram_total_gb=16.0,
+                    vram_free_gb=11.5,
+                    util_pct=42.0,
+                    temp_c=61.0,
+                    power_w=88.5,
+                ),
+                GpuMetrics(index=0, uuid="GPU-bbbb", name="RTX A2000", error="gpu 0: GPU is lost"),
+            ],
+            errors=["gpu 0: GPU is lost", 'say "hi"'],
+        ),
+        agent_stats=AgentStats(collect_ms=4.5, spool_depth=7, dropped_total=2),
+    )
+
+
+def test_a_sample_row_carries_every_value_the_agent_reported() -> None:
+    message = workstation(11, at_s=5, hostname="ws-9")
+    received = T0 + timedelta(seconds=7)
+    plan = plan_batch([Decoded(Delivery(1, b"", "ws-9", received), message)], {})
+    assert plan.write.samples == [
+        SampleRow(
+            agent_id=WS,
+            sampled_at=T0 + timedelta(seconds=5),
+            received_at=received,
+            seq=11,
+            hostname="ws-9",
+            pool_name="gpu",
+            work_state="busy",
+            running_jobs=3,
+            cpu_load_1m=2.5,
+            cpu_load_5m=1.75,
+            cpu_load_15m=1.25,
+            cpu_cores=12,
+            cpu_available_cores=9,
+            mem_total_gb=48.0,
+            mem_available_gb=30.5,
+            gpu_type="RTX A4000",
+            gpu_count=1,
+            gpu_vram_total_gb=16.0,
+            gpu_vram_available_gb=11.5,
+            errors='{"gpu 0: GPU is lost","say \\"hi\\""}',
+        )
+    ]
+
+
+def test_each_gpu_gets_a_row_with_its_own_values_failed_ones_included() -> None:
+    plan = plan_batch(decoded(workstation(11, at_s=5, hostname="ws-9")), {})
+    at = T0 + timedelta(seconds=5)
+    assert plan.write.gpus == [
+        GpuRow(WS, at, 1, "GPU-aaaa", "RTX A4000", 16.0, 11.5, 42.0, 61.0, 88.5, None),
+        GpuRow(
+            WS, at, 0, "GPU-bbbb", "RTX A2000", 0.0, 0.0, None, None, None, "gpu 0: GPU is lost"
+        ),
+    ]
+
+
+def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats() -> None:
+    items = [
+        Decoded(
+            Delivery(1, b"", "ws", T0 + timedelta(seconds=9)),
+            workstation(2, at_s=6, hostname="new"),
+        ),
+        Decoded(
+            Delivery(2, b"", "ws", T0 + timedelta(seconds=8)),
+            workstation(1, at_s=5, hostname="old"),
+        ),
+    ]
+    (row,) = plan_batch(items, {}).write.registry
+    newest = items[0].message
+    assert isinstance(newest, Heartbeat)
+    assert row == RegistryRow(
+        agent_id=WS,
+        hostname="new",
+        pool_name="gpu",
+        first_received_at=T0 + timedelta(seconds=8),
+        received_at=T0 + timedelta(seconds=9),
+        sampled_at=T0 + timedelta(seconds=6),
+        seq=2,
+        agent_version="0.1.0",
+        principal="ws",
+        work_state="busy",
+        cpu_cores=12,
+        cpu_available_cores=9,
+        cpu_load_1m=2.5,
+        mem_total_gb=48.0,
+        mem_available_gb=30.5,
+        gpu_type="RTX A4000",
+        gpu_count=1,
+        gpu_vram_total_gb=16.0,
+        gpu_vram_available_gb=11.5,
+        resource_metrics=row.resource_metrics,
+        agent_stats=row.agent_stats,
+    )
+    assert msgspec.json.decode(row.resource_metrics, type=ResourceMetrics) == (
+        newest.resource_metrics
+    )
+    assert row.agent_stats is not None
+    assert msgspec.json.decode(row.agent_stats) == {
+        "collect_ms": 4.5,
+        "spool_depth": 7,
+        "dropped_total": 2,
+        "reconnects_total": 0,
+        "gpu_probe_failures_total": 0,
+    }
+
+
+def test_an_agent_that_sends_no_stats_has_none_in_its_registry_row() -> None:
+    (row,) = plan_batch(decoded(heartbeat(A, 1)), {}).write.registry
+    assert row.agent_stats is None
+
+
+def test_in_a_batch_of_several_agents_each_registry_row_holds_its_own_newest_heartbeat() -> None:
+    a_old = heartbeat(A, 1, hostname="a", sampled_at=T0, metrics=PROFILES["cpu"])
+    b_new = heartbeat(B, 8, hostname="b", sampled_at=T0 + timedelta(seconds=20), state="busy")
+    a_new = heartbeat(A, 2, hostname="a2", sampled_at=T0 + timedelta(seconds=10), pool="render")
+    b_old = heartbeat(B, 7, hostname="b-old", sampled_at=T0 + timedelta(seconds=5))
+    items = [
+        Decoded(delivery(1, user="alice", offset_s=4), b_new),
+        Decoded(delivery(2, user="bob", offset_s=1), a_old),
+        Decoded(delivery(3, user="alice", offset_s=3), b_old),
+        Decoded(delivery(4, user="bob", offset_s=2), a_new),
+    ]
+    plan = plan_batch(items, {})
+    rows = {r.agent_id: r for r in plan.write.registry}
+    assert [r.agent_id for r in plan.write.registry] == sorted([A, B])
+    at = T0 + timedelta(seconds=100)
+    a, b = rows[A], rows[B]
+    assert (a.seq, a.hostname, a.pool_name, a.principal, a.cpu_cores) == (
+        2,
+        "a2",
+        "render",
+        "bob",
+        16,
+    )
+    assert (a.first_received_at, a.received_at) == (
+        at + timedelta(seconds=1),
+        at + timedelta(seconds=2),
+    )
+    assert (b.seq, b.hostname, b.work_state, b.principal, b.gpu_count) == (
+        8,
+        "b",
+        "busy",
+        "alice",
+        1,
+    )
+    assert (b.first_received_at, b.received_at) == (
+        at + timedelta(seconds=3),
+        at + timedelta(seconds=4),
+    )
+    assert {e.agent_id: e.at for e in plan.write.events} == {
+        A: at + timedelta(seconds=1),
+        B: at + timedelta(seconds=3),
+    }
+    assert [s.seq for s in plan.write.samples] == [8, 1, 7, 2]
+    assert plan.heartbeats == items
+
+
+def test_on_a_tie_of_sampled_at_the_first_delivered_heartbeat_stays() -> None:
+    first = heartbeat(A, 5, hostname="first", sampled_at=T0)
+    again = heartbeat(A, 6, hostname="again", sampled_at=T0)
+    (row,) = plan_batch(decoded(first, again), {}).write.registry
+    assert (row.seq, row.hostname) == (5, "first")
+
+
+def test_a_workstation_whose_gpus_all_failed_stays_in_the_gpu_pool() -> None:
+    failed = resources(gpus=[gpu(0, 0.0, 0.0, error="gpu 0: GPU is lost")])
+    assert failed.gpu_count == 0
+    plan = plan_batch(decoded(heartbeat(A, 1, metrics=failed)), {})
+    assert plan.write.registry[0].pool_name == "gpu"
+    assert plan.write.samples[0].pool_name == "gpu"
+    assert plan.write.registry[0].gpu_count == 0
+
+
+def test_undeclared_pools_default_to_gpu_and_cpu() -> None:
+    plan = plan_batch(decoded(heartbeat(A, 1), heartbeat(B, 1, metrics=PROFILES["cpu"])), {})
+    assert {r.agent_id: r.pool_name for r in plan.write.registry} == {A: "gpu", B: "cpu"}
+
+
+# -- goodbyes ---------------------------------------------------------------------------
+
+
+def test_a_goodbye_becomes_a_goodbye_row_and_nothing_else() -> None:
+    bye = goodbye(A, sent_at=T0 + timedelta(seconds=50))
+    item = Decoded(delivery(1, user="alice", offset_s=2), bye)
+    plan = plan_batch([item], {A: AgentState("online", "alice", T0)})
+    assert plan.write.goodbyes == [
+        GoodbyeRow(
+            agent_id=A, sent_at=T0 + timedelta(seconds=50), received_at=item.delivery.received_at
+        )
+    ]
+    assert plan.goodbyes == 1
+    assert (plan.write.samples, plan.write.registry, plan.write.events) == ([], [], [])
+    assert plan.heartbeats == []
+    assert plan.rejected == []
+
+
+def test_goodbyes_and_heartbeats_of_one_batch_are_counted_apart() -> None:
+    items = decoded(heartbeat(A, 1), goodbye(B), goodbye(A), heartbeat(B, 2))
+    plan = plan_batch(items, {})
+    assert plan.goodbyes == 2
+    assert [g.agent_id for g in plan.write.goodbyes] == [B, A]
+    assert [d.message.seq for d in plan.heartbeats] == [1, 2]
+    assert len(plan.write.registry) == 2
+
+
+# -- rejections explain themselves ------------------------------------------------------
+
+
+def test_a_rejected_body_keeps_the_decoders_reason_and_detail() -> None:
+    _, (rejected,) = decode_batch([delivery(1, b"{nope")])
+    assert rejected.reason == "malformed"
+    assert rejected.detail.startswith("malformed JSON:")
+
+
+def test_require_user_id_says_which_setting_refused() -> None:
+    plan = plan_batch([Decoded(delivery(1, user=None), heartbeat(A, 1))], {}, require_user_id=True)
+    assert plan.rejected[0].detail == (
+        "message carries no broker user_id and ingest.require_user_id is set"
+    )
