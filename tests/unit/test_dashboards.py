@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from datetime import UTC, datetime
 
 import pytest
@@ -60,6 +61,13 @@ def test_dashboards_provider_points_where_compose_mounts_the_json() -> None:
         (g.GRAFANA_DIR / "provisioning" / "dashboards" / "fleetpulse.yml").read_text()
     )
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_the_builder_is_the_sdk_release_for_the_grafana_compose_runs() -> None:
+    compose = yaml.safe_load((g.ROOT / "compose.yaml").read_text())
+    grafana = compose["services"]["grafana"]["image"].rsplit(":", 1)[1]
+    assert importlib.metadata.version("grafana-foundation-sdk").split("!")[-1] == grafana
+    assert {b["schemaVersion"] for b in g.dashboards().values()} == {39}  # Grafana 11.1's
 
 
 def test_the_agent_dashboard_is_templated_by_agent() -> None:

@@ -142,7 +142,10 @@ def pool_summary(agents: Sequence[Agent]) -> str:
 def event_line(event: Event) -> str:
     """``2026-12-06T08:00:01+00:00  #42  ws-7 (render)  online -> offline  silence  <id>``"""
     before = event.from_status or "new"
-    return (
+    line = (
         f"{event.at.isoformat(timespec='seconds')}  #{event.id}  {event.hostname}"
         f" ({event.pool_name})  {before} -> {event.to_status}  {event.reason}  {event.agent_id}"
     )
+    if event.detail:  # claims and cordons: which claim or GPU, who, why
+        line += "  " + " ".join(f"{k}={v}" for k, v in sorted(event.detail.items()))
+    return line

@@ -137,6 +137,12 @@ def test_event_line() -> None:
         "2026-12-06T08:00:00+00:00  #42  ws-7 (render)  online -> offline  silence"
         f"  {uuid.UUID(int=7)}"
     )
+    claimed = msgspec.structs.replace(
+        event, reason="claim_created", detail={"holder": "dispatch-1", "claim_id": "c-1"}
+    )
+    assert event_line(claimed).endswith(
+        "claim_created  " + f"{uuid.UUID(int=7)}  claim_id=c-1 holder=dispatch-1"
+    )
 
 
 @pytest.mark.parametrize(
