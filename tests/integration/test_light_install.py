@@ -93,3 +93,25 @@ def test_a_server_command_without_its_extra_says_which_to_install(
     assert len(lines) == 1, done.stderr
     assert f"pip install 'fleetpulse[{extra}]'" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_the_light_install_has_the_client_and_json_logs(light_venv: Path) -> None:
+    code = (
+        "import sys\n"
+        "from fleetpulse.client import AsyncClient, Client\n"
+        "from fleetpulse.logs import configure_logging\n"
+        "configure_logging('INFO', 'json')\n"
+        "import logging; logging.getLogger('fleetpulse.test').info('light', extra={'n': 1})\n"
+        "Client('http://127.0.0.1:1').close()\n"
+        "print(sorted({'litestar', 'psycopg', 'rich'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [str(light_venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert '"message": "light", "n": 1' in done.stderr
