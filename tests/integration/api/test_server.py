@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from fleetpulse.client import ApiNotFound, Client
 from tests.fixtures.logs import json_log_lines
 
 pytestmark = pytest.mark.slow(4)
@@ -52,6 +53,13 @@ def test_api_process_serves_and_exits_zero_on_sigterm(db_url: str) -> None:
                     assert proc.poll() is None, "API exited early"
                     assert time.monotonic() < deadline, "API did not become ready"
                     time.sleep(0.05)
+            # the client against the real process (one more way to call it than httpx)
+            with Client(f"http://127.0.0.1:{port}", retries=0) as api:
+                assert api.ready().status == "ok"
+                assert api.agents().count == 0
+                assert api.capacity(min_gpu_vram_gb=8).items == ()
+                with pytest.raises(ApiNotFound):
+                    api.agent("00000000-0000-0000-0000-000000000001")
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
             assert proc.returncode == 0, err
