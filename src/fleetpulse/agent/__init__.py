@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
-    from fleetpulse.agent.backoff import Backoff as Backoff
     from fleetpulse.agent.clock import Clock as Clock, SystemClock as SystemClock
     from fleetpulse.agent.collectors import (
         Collector as Collector,
@@ -68,7 +67,6 @@ else:
     __all__, __getattr__, __dir__ = lazy_face(
         __name__,
         {
-            "backoff": "Backoff",
             "clock": "Clock SystemClock",
             "collectors": "Collector Contribution HostCollector HostReading",
             "entry": "run_agent run_simulate",

@@ -26,8 +26,8 @@ from typing import Any, Self
 
 import msgspec
 
-from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.collectors import Contribution
+from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import GpuMetrics
 
 __all__ = ["PROBE_SCRIPT", "GpuCollector"]
@@ -143,7 +143,7 @@ class GpuCollector:
 
     def _fail_and_respawn_later(self, reason: str) -> Contribution:
         self._kill()
-        self._respawn_at = self._monotonic() + self._backoff.next()
+        self._respawn_at = self._monotonic() + self._backoff.next_delay()
         log.warning(
             "%s; GPU probe restarts in %.1fs",
             reason,

@@ -10,6 +10,7 @@ import msgspec
 
 from fleetpulse import __version__
 from fleetpulse.agent.collectors import Contribution, HostReading
+from fleetpulse.gpus import is_usable
 from fleetpulse.messages import (
     SCHEMA_VERSION,
     AgentStats,
@@ -50,8 +51,9 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def gpu_is_capacity(gpu: GpuMetrics, *, include_degraded: bool = False) -> bool:
-    """A GPU a job could use: no error, not failed, and not degraded unless asked."""
-    if gpu.error or gpu.health == "failed":
+    """A GPU a job could use: usable (:func:`fleetpulse.gpus.is_usable`: no error), not
+    failed, and not degraded unless asked."""
+    if not is_usable(gpu) or gpu.health == "failed":
         return False
     return include_degraded or gpu.health != "degraded"
 

@@ -32,25 +32,24 @@ from typing import Any, Final, Self
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-import aiormq
 from aio_pika.abc import AbstractExchange
 
-from fleetpulse.agent.backoff import Backoff
 from fleetpulse.agent.heartbeat import restamp
 from fleetpulse.agent.spool import Spool
+from fleetpulse.broker import AMQP_CONNECTION_ERRORS
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import MessageError
+from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import EXCHANGE
 
 __all__ = ["CONNECTION_EXCEPTIONS", "Publisher"]
 
 log = logging.getLogger(__name__)
 
+# The house's tuple, plus what aio-pika itself counts as a failed connection.
 CONNECTION_EXCEPTIONS: Final = (
+    *AMQP_CONNECTION_ERRORS,
     *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
-    aiormq.exceptions.AMQPError,
-    TimeoutError,
-    asyncio.TimeoutError,
 )
 
 Prepare = Callable[[bytes, datetime], tuple[bytes, str]]
@@ -206,7 +205,7 @@ class Publisher:
                 log.exception("publisher failed unexpectedly; reconnecting")
             self.connected.clear()
             await self._disconnect()
-            await asyncio.sleep(self._backoff.next())
+            await self._backoff.wait()
 
     async def _connect(self) -> None:
         self._lost.clear()
@@ -253,7 +252,7 @@ class Publisher:
             try:
                 await self._send(exchange, batch)
             except _Unroutable as exc:
-                delay = self._backoff.next()
+                delay = self._backoff.next_delay()
                 log.warning("%s; keeping samples, retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
             else:

@@ -18,10 +18,10 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from fleetpulse.agent.clock import Clock, SystemClock
 from fleetpulse.agent.collectors import Collector, Contribution, HostCollector
@@ -39,25 +39,12 @@ from fleetpulse.agent.spool import Spool, SqliteSpool
 from fleetpulse.agent.state import StateDir, resolve_identity
 from fleetpulse.config import Settings
 from fleetpulse.errors import ConfigError
+from fleetpulse.lifecycle import wait_or_stop
 from fleetpulse.messages import AgentStats, Heartbeat, encode
 
-__all__ = ["Agent", "default_collectors", "presence_collector", "wait_first"]
+__all__ = ["Agent", "default_collectors", "presence_collector"]
 
 log = logging.getLogger(__name__)
-
-
-async def wait_first(main: Awaitable[Any], stop: asyncio.Event) -> bool:
-    """Await ``main`` unless ``stop`` is set first; True if ``main`` finished."""
-    main_task = asyncio.ensure_future(main)
-    stop_task = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (main_task, stop_task):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(main_task, stop_task, return_exceptions=True)
-    return main_task.done() and not main_task.cancelled()
 
 
 def release_startup_memory() -> None:
@@ -198,7 +185,7 @@ class Agent:
                 skipped = math.floor((now - next_at) / interval) + 1
                 log.warning("collection overran %d heartbeat interval(s)", skipped)
                 next_at += skipped * interval
-            await wait_first(self.clock.sleep_until(next_at), self._stop)
+            await wait_or_stop(self._stop, self.clock.sleep_until(next_at))
         await self.farewell()
 
     async def _collect(self) -> list[Contribution]:

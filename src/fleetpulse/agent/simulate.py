@@ -23,9 +23,9 @@ from fleetpulse.agent.clock import Clock, SystemClock
 from fleetpulse.agent.heartbeat import Identity, build_goodbye, build_heartbeat, resource_metrics
 from fleetpulse.agent.profiles import Machine, build_fleet
 from fleetpulse.agent.publisher import Publisher
-from fleetpulse.agent.runner import wait_first
 from fleetpulse.agent.spool import MemorySpool
 from fleetpulse.config import Settings
+from fleetpulse.lifecycle import wait_or_stop
 from fleetpulse.messages import AgentStats, encode
 
 __all__ = ["Simulator"]
@@ -121,8 +121,8 @@ class Simulator:
                 if end is not None and due >= end:
                     self._stop.set()
                     break
-                if due > clock.monotonic() and not await wait_first(
-                    clock.sleep_until(due), self._stop
+                if due > clock.monotonic() and await wait_or_stop(
+                    self._stop, clock.sleep_until(due)
                 ):
                     break
                 for index in members:

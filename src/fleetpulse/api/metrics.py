@@ -16,6 +16,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from fleetpulse.gpus import usable_gpus
 from fleetpulse.store import AgentRecord
 
 __all__ = [
@@ -69,9 +70,7 @@ def render_fleet(
             continue
         cores[r.pool_name] += r.cpu_available_cores
         mem[r.pool_name] += r.mem_available_gb
-        for g in r.gpus:
-            if g.error:
-                continue
+        for g in usable_gpus(r.gpus):
             key = (r.pool_name, g.name or r.gpu_type)
             gpus[key] += 1
             vram[key] += g.vram_free_gb

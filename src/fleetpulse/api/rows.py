@@ -27,6 +27,14 @@ MAX_LISTS: Final = 1024  # answers whose pieces are kept
 MAX_LIST_ROWS: Final = 20_000  # rows in them, at most
 
 
+def encode_without(struct: msgspec.Struct, name: str) -> bytes:
+    """``struct`` as JSON without its field ``name``, the others in their declared order
+    (the very bytes its own encoding has for them, wherever ``name`` is declared)."""
+    fields = msgspec.structs.asdict(struct)
+    del fields[name]
+    return _encoder.encode(fields)
+
+
 class RowCache:
     """Encoded agent rows (without the per-request fields), bounded in entries.
 
@@ -61,13 +69,7 @@ class RowCache:
     @staticmethod
     def _encode(record: AgentRecord, reliability: float | None) -> bytes:
         """The row after ``matching_gpus``: from the comma before the next field to ``}``."""
-        body = _encoder.encode(agent_of(record, reliability, now=0.0))
-        # drop the leading '{' and the per-request field, which encodes first as a placeholder
-        marker = b'"sample_age_s":'
-        start = body.index(marker)
-        end = body.index(b",", start)
-        tail = body[:start] + body[end + 1 :]
-        return b"," + tail[1:]
+        return b"," + encode_without(agent_of(record, reliability, now=0.0), "sample_age_s")[1:]
 
     def _gpus(self, indexes: tuple[int, ...]) -> bytes:
         encoded = self._gpu_lists.get(indexes)

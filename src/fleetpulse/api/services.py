@@ -29,7 +29,6 @@ IDLE_RERENDER_S: Final = 30.0
 class Services:
     settings: Settings
     db: Database
-    index: RegistryIndex
     follower: RegistryFollower
     feed: EventFeed
     request_metrics: RequestMetrics
@@ -38,6 +37,11 @@ class Services:
     fleet_metrics_at: float = 0.0
     fleet_metrics_version: int = -1
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def index(self) -> RegistryIndex:
+        """The registry index served now (a full read replaces it: read it per request)."""
+        return self.follower.index
 
     async def refresh_fleet_metrics(self, *, force: bool = True) -> None:
         now = time.time()
@@ -78,11 +82,9 @@ async def open_services(
     api = settings.api
     async with contextlib.AsyncExitStack() as stack:
         db = await stack.enter_async_context(Database(settings.database))
-        index = RegistryIndex()
         follower = await stack.enter_async_context(
             RegistryFollower(
                 db,
-                index,
                 refresh_interval_s=api.capacity_refresh_interval_s,
                 poll_interval_s=api.registry_poll_interval_s,
                 resync_interval_s=api.registry_resync_interval_s,
@@ -98,7 +100,6 @@ async def open_services(
         services = Services(
             settings=settings,
             db=db,
-            index=index,
             follower=follower,
             feed=feed,
             request_metrics=request_metrics,

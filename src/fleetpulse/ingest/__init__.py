@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
-    from fleetpulse.ingest.backoff import Backoff as Backoff
     from fleetpulse.ingest.batch import CommitReport as CommitReport
     from fleetpulse.ingest.credentials import (
         agent_permissions as agent_permissions,
@@ -30,7 +29,6 @@ else:
     __all__, __getattr__, __dir__ = lazy_face(
         __name__,
         {
-            "backoff": "Backoff",
             "batch": "CommitReport",
             "credentials": "agent_permissions create_agent_credentials",
             "detector": "SilenceDetector",

@@ -20,10 +20,10 @@ import aiormq.abc
 
 from fleetpulse.config import IngestSettings
 from fleetpulse.errors import PoisonRowError, ServiceUnavailable, StoreError
-from fleetpulse.ingest.backoff import Backoff
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS, dead_letter, log_rejection
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.planner import Decoded, Delivery, Plan, Rejection, decode_batch, plan_batch
+from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import Heartbeat
 from fleetpulse.store import REPLAN_ATTEMPTS, Database, WriteResult, locked_batch
 

@@ -8,7 +8,6 @@ queue's ``x-dead-letter-exchange`` routes to the same place, reason-less.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Final
 
@@ -16,6 +15,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from fleetpulse.broker import AMQP_CONNECTION_ERRORS
 from fleetpulse.ingest.planner import Rejection
 from fleetpulse.messages import DEAD_LETTER_EXCHANGE
 
@@ -31,13 +31,6 @@ __all__ = [
 log = logging.getLogger("fleetpulse.ingest.worker")
 security_log = logging.getLogger("fleetpulse.security")
 
-# Faults of the broker connection: reconnect, never crash.
-AMQP_CONNECTION_ERRORS: Final = (
-    aiormq.exceptions.AMQPError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
 REASON_HEADER: Final = "x-fleetpulse-reason"
 DETAIL_HEADER: Final = "x-fleetpulse-detail"
 USER_HEADER: Final = "x-fleetpulse-user-id"

@@ -17,8 +17,8 @@ from typing import Any, Final, Literal, Self
 
 from fleetpulse.config import Settings
 from fleetpulse.errors import FleetpulseError
-from fleetpulse.ingest.backoff import Backoff
 from fleetpulse.ingest.metrics import IngestMetrics
+from fleetpulse.lifecycle import Backoff
 from fleetpulse.store import DetectorLease
 
 __all__ = ["SilenceDetector"]

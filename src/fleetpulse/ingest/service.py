@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable
 from datetime import datetime
 
@@ -15,6 +14,7 @@ from fleetpulse.config import Settings
 from fleetpulse.ingest.detector import SilenceDetector
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.worker import Ingest, utc_now
+from fleetpulse.lifecycle import run_main, stop_signals
 
 __all__ = ["run_ingest", "serve"]
 
@@ -37,18 +37,16 @@ async def serve(
     log.info(
         "ingest metrics on http://%s:%d/metrics", settings.ingest.metrics_host, server.server_port
     )
-    loop = asyncio.get_running_loop()
     ingest = Ingest(settings, metrics=metrics, clock=clock)
 
     def on_signal() -> None:
         stop.set()
         ingest.request_stop()
 
-    if install_signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if install_signals:
+                stack.enter_context(stop_signals(on_signal))
             await stack.enter_async_context(ingest)
             if settings.ingest.detector_enabled:
                 await stack.enter_async_context(
@@ -57,9 +55,6 @@ async def serve(
             await stop.wait()
             log.info("ingest stopping: draining in-flight batch")
     finally:
-        if install_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -68,11 +63,4 @@ async def serve(
 
 def run_ingest(settings: Settings) -> int:
     """Block running ingest (on uvloop when available); exit status 0 after a clean stop."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(settings))
+    return run_main(serve(settings))

@@ -24,12 +24,12 @@ from pamqp.commands import Basic
 
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import ServiceUnavailable
-from fleetpulse.ingest.backoff import Backoff
 from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.planner import Delivery
 from fleetpulse.ingest.topology import declare_topology
+from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import INGEST_QUEUE
 from fleetpulse.store import Database
 
@@ -105,7 +105,7 @@ class Ingest:
                 break
             except ServiceUnavailable as exc:
                 log.warning("ingest waits for the database: %s", exc)
-                await self._interruptible(backoff.wait())
+                await backoff.wait(self._stop)
         else:
             return  # asked to stop before the database ever answered
         self.state = "running"
@@ -170,17 +170,8 @@ class Ingest:
                     type(exc).__name__,
                     exc,
                 )
-                await self._interruptible(backoff.wait())
+                await backoff.wait(self._stop)
         self.consuming.clear()
-
-    async def _interruptible(self, waiting: Any) -> None:
-        task = asyncio.ensure_future(waiting)
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pending in (task, stopper):
-                pending.cancel()
 
     def _forget_session(self) -> None:
         if self._session is not None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.store.capacity import (
+        CapacityFilter as CapacityFilter,
+        CapacityMatch as CapacityMatch,
+        matching_gpus as matching_gpus,
+    )
     from fleetpulse.store.engine import (
         RETRYABLE_DB_ERRORS as RETRYABLE_DB_ERRORS,
         Database as Database,
@@ -46,13 +51,8 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         latest_event_id as latest_event_id,
         ping as ping,
     )
-    from fleetpulse.store.registry_index import (
-        CapacityFilter as CapacityFilter,
-        CapacityMatch as CapacityMatch,
-        RegistryFollower as RegistryFollower,
-        RegistryIndex as RegistryIndex,
-        matching_gpus as matching_gpus,
-    )
+    from fleetpulse.store.registry_follower import RegistryFollower as RegistryFollower
+    from fleetpulse.store.registry_index import RegistryIndex as RegistryIndex
     from fleetpulse.store.retention import (
         HYPERTABLES as HYPERTABLES,
         apply_retention as apply_retention,
@@ -79,6 +79,7 @@ else:
         __name__,
         {
             "engine": "RETRYABLE_DB_ERRORS Database Edition connect detect_edition map_db_errors",
+            "capacity": "CapacityFilter CapacityMatch matching_gpus",
             "event_feed": "EventFeed EventSubscription",
             "liveness": "DETECTOR_LOCK_KEY DetectorLease sweep_silent",
             "migrate": "current_revision downgrade ensure_database head_revision upgrade",
@@ -87,9 +88,8 @@ else:
                 "fetch_agent fetch_agents fetch_events fetch_history fetch_registry "
                 "fetch_reliability fetch_silenced latest_event_id ping"
             ),
-            "registry_index": (
-                "CapacityFilter CapacityMatch RegistryFollower RegistryIndex matching_gpus"
-            ),
+            "registry_follower": "RegistryFollower",
+            "registry_index": "RegistryIndex",
             "retention": "HYPERTABLES apply_retention",
             "rows": (
                 "AgentState BatchWrite EventRow GoodbyeRow GpuRow RegistryRow SampleRow WriteResult"

@@ -11,17 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 from collections import deque
 from typing import Final, Self
 
-import psycopg
-
-from fleetpulse.errors import FleetpulseError
-from fleetpulse.store.engine import RETRYABLE_DB_ERRORS, Database, connect
+from fleetpulse.lifecycle import stop_tasks
+from fleetpulse.store.engine import Database
+from fleetpulse.store.listen import follow_channel
 from fleetpulse.store.queries import StatusEvent, fetch_events, latest_event_id
-from fleetpulse.store.registry_index import TICK_S, stop_tasks
 
 __all__ = ["EventFeed", "EventSubscription"]
 
@@ -138,29 +134,13 @@ class EventFeed:
                 return delivered
 
     async def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
-                async with conn:
-                    await conn.execute("LISTEN fleetpulse_events")
-                    await self.catch_up()
-                    attempt = 0
-                    await self._listen(conn)
-            except (FleetpulseError, *RETRYABLE_DB_ERRORS, psycopg.Error) as exc:
-                log.warning("event feed: %s; retrying", exc)
-                pause = random.uniform(0, min(self.retry_max_s, 0.2 * 2**attempt))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), pause)
-                attempt += 1
-
-    async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-        last_read = time.monotonic()
-        while not self._stop.is_set():
-            notified = False
-            # Short waits, never cancelled: a notifies() cancelled mid-wait can hang psycopg.
-            async for _ in conn.notifies(timeout=TICK_S, stop_after=1):
-                notified = True
-            if notified or time.monotonic() - last_read >= self.poll_interval_s:
-                await self.catch_up()
-                last_read = time.monotonic()
+        await follow_channel(
+            self.db,
+            "fleetpulse_events",
+            stop=self._stop,
+            on_connect=self.catch_up,
+            on_notify=self.catch_up,
+            poll_interval_s=self.poll_interval_s,
+            retry_max_s=self.retry_max_s,
+            name="event feed",
+        )

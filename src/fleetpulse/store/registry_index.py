@@ -9,62 +9,36 @@ blocks that start small (a common query needs one block of ~64) and grow with ho
 rows match, then checks its candidates GPU by GPU in one vectorised step; Python touches only
 the rows returned.
 
-:class:`RegistryIndex` is pure (no I/O). :class:`RegistryFollower` keeps one fresh from the
-database: a full load at start, then on every ``fleetpulse_registry`` notification (and at
-least every ``poll_interval_s``) it fetches the rows whose ``updated_at`` moved, at most once
-per ``refresh_interval_s``; a full reload every ``resync_interval_s`` drops deleted agents.
-A full read is decoded, indexed and sorted in a worker thread into a fresh index that then
-replaces the served one whole, so requests are not held up for the seconds it takes.
+:class:`RegistryIndex` is pure (no I/O); the question it answers is in
+:mod:`fleetpulse.store.capacity`, and :mod:`fleetpulse.store.registry_follower` keeps one
+fresh from the database.
+
+Longer than most modules on purpose: the columns, their capacity order and the blocked
+search over them are one data structure, and each part reads the others' private arrays
+in its hot loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Container, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final, Self
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
-import psycopg
-from psycopg.rows import TupleRow
 
-from fleetpulse.errors import FleetpulseError
-from fleetpulse.store.engine import RETRYABLE_DB_ERRORS, Database, connect
-from fleetpulse.store.queries import (
-    REGISTRY_COLUMNS,
-    AgentRecord,
-    fetch_registry,
-    fetch_reliability,
-    fetch_silenced,
-    latest_event_id,
-    record_from_row,
-)
+from fleetpulse.gpus import usable_gpus
+from fleetpulse.store.capacity import CapacityFilter, CapacityMatch, matching_gpus
+from fleetpulse.store.queries import AgentRecord
 
-__all__ = [
-    "CapacityFilter",
-    "CapacityMatch",
-    "RegistryFollower",
-    "RegistryIndex",
-    "matching_gpus",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["RegistryIndex"]
 
 FIRST_BLOCK: Final = 64  # sort positions compared at first; a common query needs no more
 BLOCK_GROWTH: Final = 8  # each further block this many times the last
 GATHER_MIN: Final = 16  # candidates checked per GPU at a time, at least
-READ_CHUNK: Final = 250  # registry rows converted per C call in a full read (~10 ms)
-RELEASE_CHUNK: Final = 1000  # records freed per turn of the event loop after a full read
-TICK_S: Final = 0.1  # how often the listening loops look at their stop flag
-STOP_GRACE_S: Final = 2.0
 TOP_GPUS: Final = 8  # per-agent free VRAM kept for the K largest usable GPUs
 MEMO_ENTRIES: Final = 512  # distinct queries remembered between two changes of the index
 MEMO_ROWS: Final = 100_000  # rows in their answers, at most
@@ -99,42 +73,6 @@ def _gpu_sets() -> dict[int, tuple[int, ...]]:
 
 
 _GPU_SETS: Final = _gpu_sets()
-
-
-class CapacityFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """What a scheduler asks for. GPU conditions apply per device (a job runs on one GPU)."""
-
-    min_gpu_vram_gb: float = 0.0
-    min_cpu_cores: int = 0
-    min_mem_gb: float = 0.0
-    min_gpu_count: int = 0
-    gpu_type: str | None = None
-    pool: str | None = None
-    max_sample_age_s: float | None = None
-    min_reliability: float | None = None
-    limit: int = 100
-
-    @property
-    def gpus_needed(self) -> int:
-        """How many GPUs must satisfy the per-GPU conditions (0: no GPU condition)."""
-        wants_gpu = self.min_gpu_vram_gb > 0 or self.gpu_type is not None
-        return max(self.min_gpu_count, 1 if wants_gpu else 0)
-
-
-class CapacityMatch(msgspec.Struct, frozen=True):
-    record: AgentRecord
-    matching_gpus: tuple[int, ...]
-    reliability_30d: float | None
-
-
-def matching_gpus(record: AgentRecord, query: CapacityFilter) -> tuple[int, ...]:
-    """Indexes of the GPUs that are capacity (no error) and satisfy the per-GPU conditions."""
-    vram, kind = query.min_gpu_vram_gb, query.gpu_type
-    if kind is None:  # a list comprehension, not a generator: this runs once per row returned
-        return tuple([g.index for g in record.gpus if not g.error and g.vram_free_gb >= vram])
-    return tuple(
-        [g.index for g in record.gpus if not g.error and g.vram_free_gb >= vram and g.name == kind]
-    )
 
 
 def _id_key(agent_id: uuid.UUID) -> int:
@@ -308,7 +246,7 @@ class RegistryIndex:
         gpu_free = np.full((len(rows), TOP_GPUS), -np.inf, dtype=np.float64)
         type_codes, irregular, mixed = self._type_codes, self._irregular, self._mixed
         for i, (slot, r) in enumerate(changed):
-            good = [g for g in r.gpus if not g.error]
+            good = usable_gpus(r.gpus)
             usable[i] = len(good)
             best = sorted((g.vram_free_gb for g in good), reverse=True)[:TOP_GPUS]
             free[i, : len(best)] = best
@@ -326,9 +264,8 @@ class RegistryIndex:
                 irregular.add(slot)
                 continue
             irregular.discard(slot)
-            for k, g in enumerate(gpus):
-                if not g.error:
-                    gpu_free[i, k] = g.vram_free_gb
+            for g in good:  # regular: each GPU's index is its position
+                gpu_free[i, g.index] = g.vram_free_gb
         self._free[slots] = free
         self._usable[slots] = usable
         self._type[slots] = types
@@ -343,13 +280,30 @@ class RegistryIndex:
         self.apply(records)
         self.version += 1
 
-    def adopt(self, other: RegistryIndex) -> list[AgentRecord | None]:
-        """Take over everything ``other`` holds, at once (an index built elsewhere, in full);
-        returns the records held before, for the caller to let go of when it suits."""
-        held, version = self._records, max(self.version, other.version) + 1
-        vars(self).update(vars(other))
-        self.version = version
+    @classmethod
+    def from_records(
+        cls, records: list[AgentRecord], *, reliability: Mapping[uuid.UUID, float]
+    ) -> Self:
+        """An index of ``records`` with their reliability scores, sorted and ready to
+        answer (the whole registry read at once, built away from the event loop)."""
+        index = cls(initial_slots=max(1024, len(records)))
+        index.set_reliability(reliability)
+        index.apply(records)
+        index._ensure_order()
+        return index
+
+    def release(self) -> list[AgentRecord | None]:
+        """Empty this index (one no longer served) and hand back the records it held, for
+        the caller to let go of when it suits."""
+        held = self._records
+        self._reset(1)
+        self.version += 1
         return held
+
+    @property
+    def reliability_scores(self) -> Mapping[uuid.UUID, float]:
+        """The scores last set (the same object until :meth:`set_reliability` is called)."""
+        return self._reliability
 
     def set_reliability(self, scores: Mapping[uuid.UUID, float]) -> None:
         self._reliability = dict(scores)
@@ -560,190 +514,3 @@ class RegistryIndex:
             if len(found) >= limit:
                 return True
         return False
-
-
-class RegistryFollower:
-    """Keeps a :class:`RegistryIndex` fresh from the database (LISTEN/NOTIFY, then rows by
-    ``updated_at`` and the agents of new ``silence`` events)."""
-
-    def __init__(
-        self,
-        db: Database,
-        index: RegistryIndex,
-        *,
-        refresh_interval_s: float = 1.0,
-        poll_interval_s: float = 5.0,
-        resync_interval_s: float = 300.0,
-        reliability_interval_s: float = 60.0,
-        overlap_s: float = 2.0,
-        retry_max_s: float = 10.0,
-    ) -> None:
-        self.db = db
-        self.index = index
-        self.refresh_interval_s = refresh_interval_s
-        self.poll_interval_s = poll_interval_s
-        self.resync_interval_s = resync_interval_s
-        self.reliability_interval_s = reliability_interval_s
-        self.overlap = timedelta(seconds=overlap_s)
-        self.retry_max_s = retry_max_s
-        self.refreshes = 0
-        self.last_refresh_s = 0.0
-        self._watermark: datetime | None = None
-        self._silence_id = 0  # the last silence event read
-        self._last_full = 0.0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._refresh_lock = asyncio.Lock()
-        self._stop = asyncio.Event()
-
-    async def refresh(self, *, full: bool = False) -> int:
-        """Read what changed (everything if ``full``) into the index; returns rows changed."""
-        async with self._refresh_lock:
-            started = time.perf_counter()
-            if full or self._watermark is None:
-                # Decoding and indexing every row takes seconds at 100k agents: done in a
-                # worker thread into a fresh index, which replaces the served one whole;
-                # requests are answered from the old one meanwhile.
-                scores = self.index._reliability
-                fresh, db_now, self._silence_id = await asyncio.to_thread(self._read_all, scores)
-                latest = self.index._reliability
-                before = self.index.adopt(fresh)
-                if latest is not scores:  # pragma: no cover - rescored while the thread read
-                    self.index.set_reliability(latest)
-                changed = len(fresh)
-                self._last_full = time.monotonic()
-                while before:  # 100k records freed at once would hold the loop ~0.1 s
-                    del before[-RELEASE_CHUNK:]
-                    await asyncio.sleep(0)
-            else:
-                async with self.db.connection() as conn:
-                    db_now = await _db_now(conn)
-                    rows = await fetch_registry(
-                        conn, updated_after=self._watermark, known=self.index.updated_at
-                    )
-                    self._silence_id, silenced = await fetch_silenced(
-                        conn, after_id=self._silence_id
-                    )
-                    changed = self.index.apply(rows + silenced)
-            # Rows carry their transaction's start time: a transaction that began before
-            # this read but commits after it must still be seen next time, so the next read
-            # starts ``overlap`` before this one (rows already held are skipped undecoded).
-            self._watermark = db_now - self.overlap
-            self.index.as_of = db_now
-            self.refreshes += 1
-            self.last_refresh_s = time.perf_counter() - started
-            return changed
-
-    def _read_all(self, scores: Mapping[uuid.UUID, float]) -> tuple[RegistryIndex, datetime, int]:
-        """(In a worker thread, on its own connection.) The whole registry, indexed and sorted,
-        the database's clock and the last event id, both read before it."""
-
-        async def read() -> tuple[list[AgentRecord], datetime, int]:
-            conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
-            async with conn:
-                db_now = await _db_now(conn)  # before the read: the watermark must not pass it
-                events = await latest_event_id(conn)  # so must the silence events
-                # fetch_registry's fetchall converts every row in one C call that holds the
-                # GIL (2.5 s at 100k agents); in chunks, the event loop gets a turn between.
-                cur = await conn.execute(f"SELECT {REGISTRY_COLUMNS} FROM agent_registry")
-                records: list[AgentRecord] = []
-                while rows := await cur.fetchmany(READ_CHUNK):
-                    records += [record_from_row(row) for row in rows]
-                return records, db_now, events
-
-        rows, db_now, events = asyncio.run(read())
-        fresh = RegistryIndex(initial_slots=max(1024, len(rows)))
-        fresh.set_reliability(scores)
-        fresh.apply(rows)
-        fresh._ensure_order()
-        return fresh, db_now, events
-
-    async def refresh_reliability(self) -> None:
-        async with self.db.connection() as conn:
-            scores = await fetch_reliability(conn, now=datetime.now().astimezone())
-        self.index.set_reliability(scores)
-
-    async def __aenter__(self) -> Self:
-        await self.refresh(full=True)
-        await self.refresh_reliability()
-        self._stop = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._follow(), name="registry-follower"),
-            asyncio.create_task(self._reliability_loop(), name="registry-reliability"),
-        ]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await stop_tasks(self._stop, self._tasks)
-        self._tasks = []
-
-    def request_stop(self) -> None:
-        """Ask the loops to finish (``__aexit__`` then waits less)."""
-        self._stop.set()
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep unless stopping; True when it is time to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        return self._stop.is_set()
-
-    async def _follow(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                conn = await connect(self.db.url, timeout_s=self.db.settings.connect_timeout_s)
-                async with conn:
-                    await conn.execute("LISTEN fleetpulse_registry")
-                    await self.refresh()  # what changed while nobody listened
-                    attempt = 0
-                    await self._listen(conn)
-            except (FleetpulseError, *RETRYABLE_DB_ERRORS, psycopg.Error) as exc:
-                log.warning("registry follower: %s; retrying", exc)
-                if await self._pause(random.uniform(0, min(self.retry_max_s, 0.2 * 2**attempt))):
-                    return
-                attempt += 1
-
-    async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-        next_allowed = last_read = time.monotonic()
-        while not self._stop.is_set():
-            notified = False
-            # Short waits, never cancelled: a notifies() cancelled mid-wait can hang psycopg.
-            async for _ in conn.notifies(timeout=TICK_S, stop_after=1):
-                notified = True
-            if not notified and time.monotonic() - last_read < self.poll_interval_s:
-                continue
-            wait = next_allowed - time.monotonic()
-            if wait > 0 and await self._pause(wait):  # coalesce a burst of writes
-                return
-            full = time.monotonic() - self._last_full >= self.resync_interval_s
-            await self.refresh(full=full)
-            last_read = time.monotonic()
-            next_allowed = last_read + self.refresh_interval_s
-
-    async def _reliability_loop(self) -> None:
-        while not await self._pause(self.reliability_interval_s):
-            try:
-                await self.refresh_reliability()
-            except FleetpulseError as exc:
-                log.warning("reliability refresh failed: %s", exc)
-
-
-async def _db_now(conn: psycopg.AsyncConnection[TupleRow]) -> datetime:
-    cur = await conn.execute("SELECT now()")
-    row = await cur.fetchone()
-    db_now: datetime = row[0] if row else datetime.now().astimezone()
-    return db_now
-
-
-async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-    """Ask background loops to finish, give them a moment, then cancel what is left."""
-    stop.set()
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=STOP_GRACE_S)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            log.warning("%s ended with %r", task.get_name(), task.exception())

@@ -240,11 +240,11 @@ async def test_a_full_read_is_built_off_the_event_loop_and_replaces_the_index_wh
 
     monkeypatch.setattr(store.RegistryIndex, "apply", spy)
     async with store.Database(DatabaseSettings(url=db_url)) as db:
-        index = store.RegistryIndex()
-        follower = store.RegistryFollower(db, index)
+        follower = store.RegistryFollower(db, store.RegistryIndex())
         assert await follower.refresh(full=True) == 3
         assert applied_in
         assert loop_thread not in applied_in
+        index = follower.index  # a full read serves a new index, built in the thread
         version = index.version
         top = index.query(store.CapacityFilter(min_gpu_vram_gb=11))
         assert [m.record.hostname for m in top] == ["full-2", "full-1"]
@@ -254,6 +254,8 @@ async def test_a_full_read_is_built_off_the_event_loop_and_replaces_the_index_wh
         await follower.refresh()  # a few rows: applied in place, on the loop
         assert applied_in == [loop_thread]
         await follower.refresh(full=True)  # drops the deleted agent
+        assert follower.index is not index
+        index = follower.index
         assert index.version > version
         top = index.query(store.CapacityFilter(min_gpu_vram_gb=11))
         assert [m.record.hostname for m in top] == ["full-3", "full-1"]
@@ -368,9 +370,9 @@ async def test_an_incremental_read_learns_of_a_sweep_from_its_silence_events(
             "UPDATE agent_registry SET last_heartbeat_at = %s WHERE agent_id = %s", (far, agent)
         )
     async with store.Database(DatabaseSettings(url=db_url)) as db:
-        index = store.RegistryIndex()
-        follower = store.RegistryFollower(db, index)
+        follower = store.RegistryFollower(db, store.RegistryIndex())
         await follower.refresh(full=True)
+        index = follower.index
         wanted = store.CapacityFilter(min_gpu_vram_gb=19, limit=1000)
         assert agent in {m.record.agent_id for m in index.query(wanted)}
         async with db.connection() as conn:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import msgspec
 import pytest
 
-from fleetpulse.api.rows import RowCache
+from fleetpulse.api.rows import RowCache, encode_without
 from fleetpulse.api.schemas import CapacityList, capacity_of
 from fleetpulse.store import AgentRecord, CapacityFilter, CapacityMatch, RegistryIndex
 from tests.unit.api.records import NOW, gpu, record
@@ -125,3 +125,36 @@ def test_a_list_served_again_keeps_its_rows_and_recomputes_its_ages(
     assert cache._list_rows <= 3
     assert all(len(held[0]) for held in cache._lists.values())
     assert cache.capacity_list(lists[0], as_of=NOW, now=NOW.timestamp()).startswith(GOLDEN_ROW[:10])
+
+
+# The rows cut ``sample_age_s`` out by field, not by searching the encoded bytes.
+class First(msgspec.Struct):
+    sample_age_s: float | None
+    hostname: str
+    gpus: list[int]
+
+
+class Middle(msgspec.Struct):
+    hostname: str
+    sample_age_s: float | None
+    gpus: list[int]
+
+
+class Last(msgspec.Struct):
+    hostname: str
+    gpus: list[int]
+    sample_age_s: float | None
+
+
+@pytest.mark.parametrize("shape", [First, Middle, Last])
+def test_a_field_is_left_out_wherever_it_is_declared(shape: type[msgspec.Struct]) -> None:
+    # A value that spells the key, and commas, must not confuse it either.
+    row = shape(hostname='x","sample_age_s":1,', gpus=[1, 2], sample_age_s=0.0)
+    encoded = encode_without(row, "sample_age_s")
+    assert msgspec.json.decode(encoded) == {"hostname": 'x","sample_age_s":1,', "gpus": [1, 2]}
+    whole = msgspec.json.encode(row)
+    order = [f for f in shape.__struct_fields__ if f != "sample_age_s"]
+    assert list(msgspec.json.decode(encoded)) == order
+    # the very bytes the struct's own encoding has for the other fields
+    rest = {k: v for k, v in msgspec.json.decode(whole).items() if k != "sample_age_s"}
+    assert encoded == msgspec.json.encode(rest)
