@@ -93,7 +93,7 @@ class AsyncClient:
 
     async def send(self, call: Call[T]) -> T:
         """Send one prepared call (``fleetpulse.client.calls``) with the retry policy."""
-        attempt = 0
+        backoff = self.options.backoff()
         while True:
             try:
                 response = await self._http.request(
@@ -104,9 +104,8 @@ class AsyncClient:
                     headers=calls.JSON_BODY if call.body is not None else None,
                 )
             except httpx.TransportError as exc:
-                if call.idempotent and attempt < self.options.retries:
-                    await asyncio.sleep(self.options.delay_s(attempt))
-                    attempt += 1
+                if call.idempotent and backoff.attempts < self.options.retries:
+                    await asyncio.sleep(backoff.next_delay())
                     continue
                 raise self.options.unreachable(exc) from exc
             if response.is_success:
@@ -114,10 +113,9 @@ class AsyncClient:
             if (
                 response.status_code in RETRY_STATUSES
                 and call.idempotent
-                and attempt < self.options.retries
+                and backoff.attempts < self.options.retries
             ):
-                await asyncio.sleep(self.options.delay_s(attempt))
-                attempt += 1
+                await asyncio.sleep(backoff.next_delay())
                 continue
             raise calls.error_of(response.status_code, response.content, str(response.url))
 
@@ -289,7 +287,7 @@ class AsyncClient:
         on the first try, or an error answer (401, 400...), raises."""
         last = None if last_event_id is None else str(last_event_id)
         params = calls.stream_params(agent_id)
-        attempt = 0
+        backoff = self.options.backoff()
         connected = False
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -312,7 +310,8 @@ class AsyncClient:
                             raise error
                         log.warning("event stream: %s; reconnecting", error)
                     else:
-                        connected, attempt = True, 0
+                        connected = True
+                        backoff.reset()
                         parser = SseParser()
                         async for line in response.aiter_lines():
                             message = parser.feed(line)
@@ -329,5 +328,4 @@ class AsyncClient:
                     self.options.base_url,
                     type(exc).__name__,
                 )
-            await asyncio.sleep(self.options.delay_s(attempt))
-            attempt += 1
+            await asyncio.sleep(backoff.next_delay())

@@ -4,7 +4,6 @@ async clients only move bytes."""
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,6 @@ __all__ = [
     "ready",
     "release",
     "renew",
-    "retry_delay_s",
     "stream_params",
     "uncordon",
 ]
@@ -303,11 +301,6 @@ def error_of(status_code: int, content: bytes, url: str) -> ApiError:
         detail = content.decode("utf-8", "replace").strip()[:200] or "no detail"
     kind = _ERRORS.get(status_code, ApiError)
     return kind(status_code, detail, url=url)
-
-
-def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter: many clients never retry in lock-step."""
-    return rng.uniform(0.0, min(max_s, base_s * 2.0 ** min(attempt, 32)))
 
 
 @dataclass(frozen=True, slots=True)

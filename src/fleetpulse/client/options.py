@@ -10,8 +10,8 @@ from typing import Final
 import httpx
 
 from fleetpulse import __version__
-from fleetpulse.client.calls import retry_delay_s
 from fleetpulse.errors import ConfigError, ServiceUnavailable
+from fleetpulse.lifecycle import Backoff
 
 __all__ = ["DEFAULT_URL", "Options", "log"]
 
@@ -55,8 +55,10 @@ class Options:
         a stream silent for longer than ``stream_idle_timeout_s`` is taken as dead."""
         return httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
 
-    def delay_s(self, attempt: int) -> float:
-        return retry_delay_s(attempt, self.retry_backoff_s, self.retry_max_s, self.rng)
+    def backoff(self) -> Backoff:
+        """The house backoff (capped, exponential, fully jittered): a fleet of dispatchers
+        retrying after one outage does not come back in lock-step."""
+        return Backoff(self.retry_backoff_s, self.retry_max_s, rng=self.rng)
 
     def unreachable(self, exc: httpx.TransportError) -> ServiceUnavailable:
         cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -93,7 +93,7 @@ class Client:
 
     def send(self, call: Call[T]) -> T:
         """Send one prepared call (``fleetpulse.client.calls``) with the retry policy."""
-        attempt = 0
+        backoff = self.options.backoff()
         while True:
             try:
                 response = self._http.request(
@@ -104,9 +104,8 @@ class Client:
                     headers=calls.JSON_BODY if call.body is not None else None,
                 )
             except httpx.TransportError as exc:
-                if call.idempotent and attempt < self.options.retries:
-                    time.sleep(self.options.delay_s(attempt))
-                    attempt += 1
+                if call.idempotent and backoff.attempts < self.options.retries:
+                    time.sleep(backoff.next_delay())
                     continue
                 raise self.options.unreachable(exc) from exc
             if response.is_success:
@@ -114,10 +113,9 @@ class Client:
             if (
                 response.status_code in RETRY_STATUSES
                 and call.idempotent
-                and attempt < self.options.retries
+                and backoff.attempts < self.options.retries
             ):
-                time.sleep(self.options.delay_s(attempt))
-                attempt += 1
+                time.sleep(backoff.next_delay())
                 continue
             raise calls.error_of(response.status_code, response.content, str(response.url))
 
@@ -288,7 +286,7 @@ class Client:
         on the first try, or an error answer (401, 400...), raises."""
         last = None if last_event_id is None else str(last_event_id)
         params = calls.stream_params(agent_id)
-        attempt = 0
+        backoff = self.options.backoff()
         connected = False
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -311,7 +309,8 @@ class Client:
                             raise error
                         log.warning("event stream: %s; reconnecting", error)
                     else:
-                        connected, attempt = True, 0
+                        connected = True
+                        backoff.reset()
                         parser = SseParser()
                         for line in response.iter_lines():
                             message = parser.feed(line)
@@ -328,5 +327,4 @@ class Client:
                     self.options.base_url,
                     type(exc).__name__,
                 )
-            time.sleep(self.options.delay_s(attempt))
-            attempt += 1
+            time.sleep(backoff.next_delay())
