@@ -24,7 +24,14 @@ from psycopg import sql
 DEFAULT_DB_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_AMQP_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
-TABLES = ("agent_status_events", "agent_registry", "agent_samples", "gpu_samples")
+TABLES = (
+    "agent_status_events",
+    "agent_registry",
+    "agent_samples",
+    "gpu_samples",
+    "claims",
+    "cordons",
+)
 RUN_ID = uuid.uuid4().hex[:8]
 
 # Every test process, and every process a test starts (ingest, API, agents, kernels), imports

@@ -200,10 +200,20 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """An idle event stream gets a keep-alive comment this often."""
     sse_max_pending: PositiveInt = 10_000
     """An event subscriber this many events behind is disconnected."""
+    write_tokens: list[str] = []
+    """Bearer tokens that may also change things (claims, cordons); with any token configured, changes need one of these."""
+    claims_cleanup_interval_s: Positive = 10.0
+    """Seconds between marking expired claims ended (an expired claim holds nothing anyway)."""
+    claims_keep_s: NonNegative = 86_400.0
+    """Ended claims are deleted this long after they ended (their events stay)."""
 
     def __repr__(self) -> str:
         tokens = f"[{len(self.auth_tokens)} masked]" if self.auth_tokens else "[]"
-        return f"ApiSettings(host={self.host!r}, port={self.port}, auth_tokens={tokens}, ...)"
+        writers = f"[{len(self.write_tokens)} masked]" if self.write_tokens else "[]"
+        return (
+            f"ApiSettings(host={self.host!r}, port={self.port}, auth_tokens={tokens},"
+            f" write_tokens={writers}, ...)"
+        )
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,7 +252,7 @@ def _is_list(field_type: Any) -> bool:
 
 
 def _shown(name: str, value: Any) -> str:
-    secret = name in {"url", "management_url", "auth_tokens"}
+    secret = name in {"url", "management_url", "auth_tokens", "write_tokens"}
     if secret and isinstance(value, str):
         return repr(mask_url(value))
     if secret:

@@ -15,7 +15,13 @@ from fleetpulse import __version__
 from fleetpulse.api.auth import bearer_auth_middleware
 from fleetpulse.api.errors import EXCEPTION_HANDLERS
 from fleetpulse.api.metrics import RequestMetrics, request_metrics_middleware
-from fleetpulse.api.routes import AgentRoutes, EventRoutes, SystemRoutes
+from fleetpulse.api.routes import (
+    AgentRoutes,
+    ClaimRoutes,
+    CordonRoutes,
+    EventRoutes,
+    SystemRoutes,
+)
 from fleetpulse.api.services import open_services
 from fleetpulse.config import Settings
 
@@ -38,12 +44,25 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
     middleware: list[Any] = [request_metrics_middleware(request_metrics)]
     security: list[dict[str, list[str]]] | None = None
     components = Components()
-    if settings.api.auth_tokens:
-        middleware.append(bearer_auth_middleware(settings.api.auth_tokens))
+    api = settings.api
+    if api.auth_tokens or api.write_tokens:
+        middleware.append(bearer_auth_middleware(api.auth_tokens, api.write_tokens))
         components = Components(
-            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            security_schemes={
+                "read": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A read token (api.auth_tokens) or a write token.",
+                ),
+                "write": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A write token (api.write_tokens): claims and cordons.",
+                ),
+            }
         )
-        security = [{"bearer": []}]
+        # Reading takes either kind; routes that change something ask for a write token.
+        security = [{"read": []}, {"write": []}]
     openapi = OpenAPIConfig(
         title="fleetpulse",
         version=__version__,
@@ -55,8 +74,8 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
         create_examples=False,
         use_handler_docstrings=False,
     )
-    return Litestar(
-        route_handlers=[SystemRoutes, AgentRoutes, EventRoutes],
+    app = Litestar(
+        route_handlers=[SystemRoutes, AgentRoutes, ClaimRoutes, CordonRoutes, EventRoutes],
         lifespan=[lifespan],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -66,3 +85,15 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
         logging_config=None,
         debug=debug,
     )
+    if security is not None:
+        _writes_need_write_tokens(app)
+    return app
+
+
+def _writes_need_write_tokens(app: Litestar) -> None:
+    """In the OpenAPI document, operations that change something ask for a write token."""
+    for item in (app.openapi_schema.paths or {}).values():
+        for method in ("post", "put", "patch", "delete"):
+            operation = getattr(item, method, None)
+            if operation is not None:
+                operation.security = [{"write": []}]

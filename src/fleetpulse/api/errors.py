@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from fleetpulse.api.schemas import ErrorBody
-from fleetpulse.errors import FleetpulseError, NotFound, ServiceUnavailable
+from fleetpulse.errors import Conflict, FleetpulseError, NotFound, ServiceUnavailable
 
 __all__ = ["EXCEPTION_HANDLERS", "BadParameter", "error_responses"]
 
@@ -75,6 +75,10 @@ def _not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[Error
     return _body(404, str(exc))
 
 
+def _conflict(request: Request[Any, Any, Any], exc: Conflict) -> Response[ErrorBody]:
+    return _body(409, str(exc))
+
+
 def _unavailable(request: Request[Any, Any, Any], exc: ServiceUnavailable) -> Response[ErrorBody]:
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     return _body(503, str(exc), headers={"Retry-After": RETRY_AFTER_S})
@@ -91,6 +95,7 @@ EXCEPTION_HANDLERS: Final[ExceptionHandlersMap] = {
     ValidationException: _validation,
     HTTPException: _http,
     NotFound: _not_found,
+    Conflict: _conflict,
     ServiceUnavailable: _unavailable,
     Exception: _internal,
 }
@@ -101,7 +106,9 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     text = {
         400: "A parameter is malformed or out of range; `detail` names it.",
         401: "Missing or wrong bearer token (only when the API is configured with tokens).",
-        404: "No agent with this id.",
+        403: "A read token was presented for a change; changes need a write token.",
+        404: "No agent (or claim) with this id.",
+        409: "The request cannot be honoured now; `detail` says why (e.g. nothing fits).",
         503: "The database cannot be reached.",
     }
     return {

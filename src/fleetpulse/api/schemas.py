@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -16,6 +16,14 @@ __all__ = [
     "AgentList",
     "Capacity",
     "CapacityList",
+    "Claim",
+    "ClaimBody",
+    "ClaimFilter",
+    "ClaimList",
+    "ClaimedGpu",
+    "Cordon",
+    "CordonBody",
+    "CordonList",
     "ErrorBody",
     "Event",
     "EventList",
@@ -24,6 +32,7 @@ __all__ = [
     "History",
     "HistoryGpu",
     "HistoryPoint",
+    "RenewBody",
     "Stat",
     "agent_of",
     "capacity_of",
@@ -240,3 +249,99 @@ def history_points(hosts: list[HostBucket], gpus: list[GpuBucket]) -> list[Histo
         )
         for h in hosts
     ]
+
+
+# Claims and cordons ------------------------------------------------------------------------
+
+MAX_GB = 1e7
+MAX_CORES = 65_536
+MAX_TTL_S = 86_400.0
+Gb = Annotated[float, msgspec.Meta(ge=0, le=MAX_GB)]
+Cores = Annotated[int, msgspec.Meta(ge=0, le=MAX_CORES)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+GpuSelector = (
+    Annotated[int, msgspec.Meta(ge=0, le=1023)]
+    | Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+)
+
+
+class ClaimFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The parameters of ``available-capacity``; the server claims on the first agent (and
+    its first GPUs) that answer would list and that still fits when the claim is decided."""
+
+    min_gpu_vram_gb: Gb = 0.0
+    min_cpu_cores: Cores = 0
+    min_mem_gb: Gb = 0.0
+    min_gpu_count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    gpu_type: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    pool: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    max_sample_age_s: Annotated[float, msgspec.Meta(gt=0, le=1e9)] | None = None
+    min_reliability: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Hold capacity for ``holder`` for ``ttl_s``: on ``agent_id`` (optionally the GPUs in
+    ``gpus``, by uuid or index) or on the best agent matching ``filter``. Amounts default to
+    the filter's minimums; ``gpu_count`` defaults to the GPUs named, else 1 when ``vram_gb``
+    is above 0, else 0."""
+
+    holder: Name
+    ttl_s: Annotated[float, msgspec.Meta(ge=1, le=MAX_TTL_S)]
+    agent_id: uuid.UUID | None = None
+    filter: ClaimFilter | None = None
+    gpus: Annotated[list[GpuSelector], msgspec.Meta(max_len=256)] | None = None
+    vram_gb: Gb | None = None
+    gpu_count: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None
+    cpu_cores: Cores | None = None
+    mem_gb: Gb | None = None
+
+
+class RenewBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    ttl_s: Annotated[float, msgspec.Meta(ge=1, le=MAX_TTL_S)]
+
+
+class ClaimedGpu(msgspec.Struct, kw_only=True):
+    index: int
+    uuid: str
+    vram_gb: float
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    claim_id: uuid.UUID
+    agent_id: uuid.UUID
+    hostname: str
+    pool_name: str
+    holder: str
+    gpus: list[ClaimedGpu]
+    cpu_cores: int
+    mem_gb: float
+    created_at: datetime
+    expires_at: datetime
+
+
+class ClaimList(msgspec.Struct, kw_only=True):
+    items: list[Claim]
+    count: int
+    as_of: datetime
+
+
+class CordonBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    by: Name
+
+
+class Cordon(msgspec.Struct, kw_only=True):
+    """An agent (``gpu_uuid`` null) or one GPU out of the offer: who, why, since when."""
+
+    agent_id: uuid.UUID
+    hostname: str
+    gpu_uuid: str | None
+    reason: str
+    by: str
+    at: datetime
+
+
+class CordonList(msgspec.Struct, kw_only=True):
+    items: list[Cordon]
+    count: int
+    as_of: datetime

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -15,7 +16,14 @@ from litestar.datastructures import State
 from fleetpulse.api.metrics import RequestMetrics, render_fleet
 from fleetpulse.api.rows import RowCache
 from fleetpulse.config import Settings
-from fleetpulse.store import Database, EventFeed, RegistryFollower, RegistryIndex
+from fleetpulse.store import (
+    Database,
+    EventFeed,
+    Holdings,
+    HoldingsFollower,
+    RegistryFollower,
+    RegistryIndex,
+)
 
 __all__ = ["Services", "open_services", "services_of"]
 
@@ -32,11 +40,15 @@ class Services:
     follower: RegistryFollower
     feed: EventFeed
     request_metrics: RequestMetrics
+    holdings: Holdings
+    holdings_follower: HoldingsFollower
     rows: RowCache = field(default_factory=RowCache)
     fleet_metrics: bytes = b""
     fleet_metrics_at: float = 0.0
     fleet_metrics_version: int = -1
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # agent -> claim decisions in progress in this process (a claim by filter tries others first)
+    claims_in_flight: dict[uuid.UUID, int] = field(default_factory=dict)
 
     @property
     def index(self) -> RegistryIndex:
@@ -97,12 +109,25 @@ async def open_services(
                 db, poll_interval_s=api.registry_poll_interval_s, max_pending=api.sse_max_pending
             )
         )
+        holdings = Holdings()
+        holdings_follower = await stack.enter_async_context(
+            HoldingsFollower(
+                db,
+                holdings,
+                feed,
+                cleanup_interval_s=api.claims_cleanup_interval_s,
+                keep_s=api.claims_keep_s,
+                resync_interval_s=api.registry_resync_interval_s,
+            )
+        )
         services = Services(
             settings=settings,
             db=db,
             follower=follower,
             feed=feed,
             request_metrics=request_metrics,
+            holdings=holdings,
+            holdings_follower=holdings_follower,
         )
         await services.refresh_fleet_metrics()
         task = asyncio.create_task(services._metrics_loop(), name="fleet-metrics")
@@ -110,7 +135,8 @@ async def open_services(
         try:
             yield services
         finally:
-            follower.request_stop()  # both loops wind down together
+            holdings_follower.request_stop()  # the loops wind down together
+            follower.request_stop()
             feed.request_stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first use, below
+    from fleetpulse.store.allotment import (
+        Allotment as Allotment,
+        ClaimAsk as ClaimAsk,
+        ClaimRecord as ClaimRecord,
+        CordonRecord as CordonRecord,
+        GpuAllotment as GpuAllotment,
+        Holding as Holding,
+        Refusal as Refusal,
+        allot as allot,
+        fit as fit,
+    )
+    from fleetpulse.store.claimable import (
+        ClaimableView as ClaimableView,
+        claimable_gpus as claimable_gpus,
+    )
+    from fleetpulse.store.claims import (
+        ClaimOutcome as ClaimOutcome,
+        expire_claims as expire_claims,
+        fetch_claim as fetch_claim,
+        fetch_claims as fetch_claims,
+        fetch_cordons as fetch_cordons,
+        fetch_holdings as fetch_holdings,
+        place_claim as place_claim,
+        purge_ended_claims as purge_ended_claims,
+        release_claim as release_claim,
+        remove_cordon as remove_cordon,
+        renew_claim as renew_claim,
+        set_cordon as set_cordon,
+    )
     from fleetpulse.store.capacity import (
         CapacityFilter as CapacityFilter,
         CapacityMatch as CapacityMatch,
@@ -21,6 +50,10 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
     from fleetpulse.store.event_feed import (
         EventFeed as EventFeed,
         EventSubscription as EventSubscription,
+    )
+    from fleetpulse.store.holdings import (
+        Holdings as Holdings,
+        HoldingsFollower as HoldingsFollower,
     )
     from fleetpulse.store.liveness import (
         DETECTOR_LOCK_KEY as DETECTOR_LOCK_KEY,
@@ -78,6 +111,15 @@ else:
     __all__, __getattr__, __dir__ = lazy_face(
         __name__,
         {
+            "allotment": (
+                "Allotment ClaimAsk ClaimRecord CordonRecord GpuAllotment Holding Refusal allot fit"
+            ),
+            "claimable": "ClaimableView claimable_gpus",
+            "claims": (
+                "ClaimOutcome expire_claims fetch_claim fetch_claims fetch_cordons fetch_holdings"
+                " place_claim purge_ended_claims release_claim remove_cordon renew_claim set_cordon"
+            ),
+            "holdings": "Holdings HoldingsFollower",
             "engine": "RETRYABLE_DB_ERRORS Database Edition connect detect_edition map_db_errors",
             "capacity": "CapacityFilter CapacityMatch matching_gpus",
             "event_feed": "EventFeed EventSubscription",

@@ -1,0 +1,192 @@
+"""Active claims and cordons by agent, as one API process knows them, kept fresh.
+
+:class:`Holdings` is the in-memory map (no I/O). :class:`HoldingsFollower` fills it at start,
+then follows the event feed: a claim or cordon event names its agent, whose holding is read
+again (changes made by this process are put in at once by the caller, from what its own
+transaction read). It also runs the background cleanup: claims past their expiry are marked
+ended, each with a ``claim_expired`` event, and ended claims are deleted after
+``keep_s``. Correctness never waits on it: an expired claim holds nothing anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Final, Self
+
+from fleetpulse.errors import FleetpulseError
+from fleetpulse.store.allotment import Holding
+from fleetpulse.store.claims import (
+    CLAIM_REASONS,
+    CORDON_REASONS,
+    expire_claims,
+    fetch_holdings,
+    purge_ended_claims,
+)
+from fleetpulse.store.engine import Database
+from fleetpulse.store.event_feed import EventFeed
+from fleetpulse.store.registry_index import stop_tasks
+
+__all__ = ["HOLDING_REASONS", "Holdings", "HoldingsFollower"]
+
+log = logging.getLogger(__name__)
+
+HOLDING_REASONS: Final = frozenset((*CLAIM_REASONS, *CORDON_REASONS))
+WAIT_S: Final = 1.0
+_EMPTY: Final = Holding()
+
+
+class Holdings:
+    """Agent -> what is held on it (agents holding nothing are absent). ``version`` moves on
+    every change; ``changed`` collects the agents changed since the caller last took them."""
+
+    def __init__(self) -> None:
+        self._by_agent: dict[uuid.UUID, Holding] = {}
+        self.version = 0
+        self.changed: set[uuid.UUID] = set()
+
+    def __len__(self) -> int:
+        return len(self._by_agent)
+
+    def get(self, agent_id: uuid.UUID) -> Holding:
+        return self._by_agent.get(agent_id, _EMPTY)
+
+    def items(self) -> Iterable[tuple[uuid.UUID, Holding]]:
+        return self._by_agent.items()
+
+    def put(self, agent_id: uuid.UUID, holding: Holding) -> None:
+        if self._by_agent.get(agent_id, _EMPTY) == holding:
+            return
+        if holding.empty:
+            self._by_agent.pop(agent_id, None)
+        else:
+            self._by_agent[agent_id] = holding
+        self.changed.add(agent_id)
+        self.version += 1
+
+    def replace_all(self, holdings: Mapping[uuid.UUID, Holding]) -> None:
+        fresh = {a: h for a, h in holdings.items() if not h.empty}
+        self.changed |= {
+            a for a in self._by_agent.keys() | fresh.keys() if self._by_agent.get(a) != fresh.get(a)
+        }
+        self._by_agent = fresh
+        self.version += 1
+
+    def take_changed(self) -> set[uuid.UUID]:
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def next_expiry(self) -> datetime | None:
+        times = [t for h in self._by_agent.values() if (t := h.next_expiry()) is not None]
+        return min(times) if times else None
+
+    def held_by_holder(self, now: datetime) -> dict[str, int]:
+        """Active claims per holder."""
+        counts: dict[str, int] = {}
+        for holding in self._by_agent.values():
+            for claim in holding.claims:
+                if claim.active_at(now):
+                    counts[claim.holder] = counts.get(claim.holder, 0) + 1
+        return counts
+
+
+class HoldingsFollower:
+    """Keeps :class:`Holdings` fresh from the event feed; cleans up expired claims."""
+
+    def __init__(
+        self,
+        db: Database,
+        holdings: Holdings,
+        feed: EventFeed,
+        *,
+        cleanup_interval_s: float = 10.0,
+        keep_s: float = 86_400.0,
+        resync_interval_s: float = 300.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.holdings = holdings
+        self.feed = feed
+        self.cleanup_interval_s = cleanup_interval_s
+        self.keep_s = keep_s
+        self.resync_interval_s = resync_interval_s
+        self.on_change = on_change
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def reload(self, agent_ids: Iterable[uuid.UUID] | None = None) -> None:
+        """Read the holdings of these agents (all when None) from the database."""
+        wanted = None if agent_ids is None else list(agent_ids)
+        async with self.db.connection() as conn:
+            found = await fetch_holdings(conn, wanted)
+        if wanted is None:
+            self.holdings.replace_all(found)
+        else:
+            for agent_id, holding in found.items():
+                self.holdings.put(agent_id, holding)
+        if self.on_change is not None:
+            self.on_change()
+
+    async def cleanup(self) -> int:
+        """Mark expired claims ended (with their events) and purge old ended ones."""
+        expired = 0
+        async with self.db.connection() as conn:
+            while batch := await expire_claims(conn):
+                expired += len(batch)
+            await purge_ended_claims(conn, older_than_s=self.keep_s)
+        return expired
+
+    async def __aenter__(self) -> Self:
+        await self.reload()
+        self._stop = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="holdings-follower"),
+            asyncio.create_task(self._cleanup_loop(), name="claims-cleanup"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await stop_tasks(self._stop, self._tasks)
+        self._tasks = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            sub = self.feed.subscribe()
+            resync_at = loop.time() + self.resync_interval_s
+            try:
+                await self.reload()  # whatever changed while nobody was subscribed
+                while not self._stop.is_set():
+                    batch = await sub.next_batch(WAIT_S)
+                    if batch is None:
+                        break  # closed (too far behind, or shutting down): start over
+                    agents = {e.agent_id for e in batch if e.reason in HOLDING_REASONS}
+                    if agents:
+                        await self.reload(agents)
+                    if loop.time() >= resync_at:
+                        await self.reload()
+                        resync_at = loop.time() + self.resync_interval_s
+            except FleetpulseError as exc:
+                log.warning("holdings follower: %s; retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), WAIT_S)
+            finally:
+                self.feed.unsubscribe(sub)
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cleanup_interval_s)
+            if self._stop.is_set():
+                return
+            try:
+                await self.cleanup()
+            except FleetpulseError as exc:
+                log.warning("claims cleanup failed: %s", exc)
