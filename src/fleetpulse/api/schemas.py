@@ -289,7 +289,7 @@ class ClaimBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ttl_s: Annotated[float, msgspec.Meta(ge=1, le=MAX_TTL_S)]
     agent_id: uuid.UUID | None = None
     filter: ClaimFilter | None = None
-    gpus: Annotated[list[GpuSelector], msgspec.Meta(max_len=256)] | None = None
+    gpus: Annotated[list[GpuSelector], msgspec.Meta(max_length=256)] | None = None
     vram_gb: Gb | None = None
     gpu_count: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None
     cpu_cores: Cores | None = None

@@ -256,7 +256,8 @@ def fit(
         if len(positions) < ask.gpu_count:
             return Refusal(
                 f"{ask.gpu_count} GPU(s) with {ask.vram_gb:g} GiB claimable asked,"
-                f" {len(positions)} on agent {record.agent_id}"
+                f" {len(positions)} on agent {record.agent_id} (most claimable on one GPU:"
+                f" {allotment.gpu_vram_claimable_gb:g} GiB)"
             )
     return tuple(
         ClaimedGpu(index=record.gpus[k].index, uuid=record.gpus[k].uuid, vram_gb=ask.vram_gb)

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from fleetpulse.api.errors import BadParameter, error_responses
-from fleetpulse.api.routes.agents import MAX_LIMIT
+from fleetpulse.api.routes.agents import MAX_LIMIT, UUID_PATTERN
 from fleetpulse.api.schemas import (
     Claim,
     ClaimBody,
@@ -43,6 +43,8 @@ __all__ = ["ClaimRoutes", "claim_of"]
 CANDIDATE_STEPS: Final = (64, 1024, MAX_LIMIT)
 # Claim transactions tried per request before answering 409 (others won those agents).
 MAX_ATTEMPTS: Final = 8
+# A string checked by pattern: a malformed id is a 400 naming claim_id, not a 404.
+ClaimId = Annotated[str, PathParameter(pattern=UUID_PATTERN, description="The claim's UUID.")]
 
 
 def claim_of(claim: ClaimRecord, record: AgentRecord | None) -> Claim:
@@ -203,7 +205,9 @@ class ClaimRoutes(Controller):
         status_code=201,
         responses=error_responses(400, 401, 403, 404, 409, 503),
     )
-    async def create_claim(self, request: Request[Any, Any, Any], data: ClaimBody) -> Claim:
+    async def create_claim(
+        self, request: Request[Any, Any, Any], data: JSONBody[ClaimBody]
+    ) -> Claim:
         services = services_of(request.app.state)
         if (data.agent_id is None) == (data.filter is None):
             raise BadParameter("agent_id", "give either agent_id or filter", source="body")
@@ -254,33 +258,33 @@ class ClaimRoutes(Controller):
         return claim
 
     @get(
-        "/{claim_id:uuid}",
+        "/{claim_id:str}",
         summary="One active claim",
         responses=error_responses(400, 401, 404, 503),
     )
-    async def get_claim(self, request: Request[Any, Any, Any], claim_id: uuid.UUID) -> Claim:
+    async def get_claim(self, request: Request[Any, Any, Any], claim_id: ClaimId) -> Claim:
         services = services_of(request.app.state)
-        claim = await self._active(services, claim_id)
+        claim = await self._active(services, uuid.UUID(claim_id))
         return claim_of(claim, services.index.get(claim.agent_id))
 
     async def _refresh(self, services: Services, agent_id: uuid.UUID) -> None:
         await services.holdings_follower.reload([agent_id])
 
     @post(
-        "/{claim_id:uuid}/renew",
+        "/{claim_id:str}/renew",
         summary="Give an active claim a new TTL",
         description="The claim then expires `ttl_s` from now; an ended claim cannot be renewed.",
         status_code=200,
         responses=error_responses(400, 401, 403, 404, 409, 503),
     )
     async def renew(
-        self, request: Request[Any, Any, Any], claim_id: uuid.UUID, data: RenewBody
+        self, request: Request[Any, Any, Any], claim_id: ClaimId, data: JSONBody[RenewBody]
     ) -> Claim:
         services = services_of(request.app.state)
         async with services.db.connection() as conn:
-            claim = await renew_claim(conn, claim_id, data.ttl_s)
+            claim = await renew_claim(conn, uuid.UUID(claim_id), data.ttl_s)
             if claim is None:
-                ended = await fetch_claim(conn, claim_id)
+                ended = await fetch_claim(conn, uuid.UUID(claim_id))
                 if ended is None:
                     raise NotFound(f"no claim {claim_id}")
                 raise Conflict(
@@ -291,15 +295,15 @@ class ClaimRoutes(Controller):
         return claim_of(claim, services.index.get(claim.agent_id))
 
     @delete(
-        "/{claim_id:uuid}",
+        "/{claim_id:str}",
         summary="Release a claim",
         description="Idempotent: releasing an ended or unknown claim is also a 204.",
         status_code=204,
         responses=error_responses(400, 401, 403, 503),
     )
-    async def release(self, request: Request[Any, Any, Any], claim_id: uuid.UUID) -> None:
+    async def release(self, request: Request[Any, Any, Any], claim_id: ClaimId) -> None:
         services = services_of(request.app.state)
         async with services.db.connection() as conn:
-            claim = await release_claim(conn, claim_id)
+            claim = await release_claim(conn, uuid.UUID(claim_id))
         if claim is not None:
             await self._refresh(services, claim.agent_id)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, MediaType, Request, Response, delete, get, post
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from fleetpulse.api.errors import error_responses
 from fleetpulse.api.routes.agents import AgentId
@@ -103,7 +103,7 @@ class CordonRoutes(Controller):
         responses={**error_responses(400, 401, 403, 404, 503)},
     )
     async def cordon_agent(
-        self, request: Request[Any, Any, Any], agent_id: AgentId, data: CordonBody
+        self, request: Request[Any, Any, Any], agent_id: AgentId, data: JSONBody[CordonBody]
     ) -> Response[Cordon]:
         services = services_of(request.app.state)
         record = await _agent(services, uuid.UUID(agent_id))
@@ -134,7 +134,7 @@ class CordonRoutes(Controller):
         request: Request[Any, Any, Any],
         agent_id: AgentId,
         gpu_uuid: GpuUuid,
-        data: CordonBody,
+        data: JSONBody[CordonBody],
     ) -> Response[Cordon]:
         services = services_of(request.app.state)
         record = await _agent(services, uuid.UUID(agent_id))
