@@ -90,6 +90,36 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return run_status(settings, api_url=args.api_url, token=args.token)
 
 
+def _cordon(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.console.claims import run_cordon
+
+    return run_cordon(
+        settings,
+        target=args.target,
+        gpu=args.gpu,
+        reason=args.reason,
+        by=args.by,
+        api_url=args.api_url,
+        token=args.token,
+    )
+
+
+def _uncordon(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.console.claims import run_uncordon
+
+    return run_uncordon(
+        settings, target=args.target, gpu=args.gpu, api_url=args.api_url, token=args.token
+    )
+
+
+def _claims(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetpulse.console.claims import run_claims
+
+    return run_claims(
+        settings, holder=args.holder, agent=args.agent, api_url=args.api_url, token=args.token
+    )
+
+
 def _capacity(settings: Settings, args: argparse.Namespace) -> int:
     from fleetpulse.console import CapacityQuery, run_capacity
 
@@ -237,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     api_options(command("status", _status, "print the fleet as a table"))
+    cordon = command("cordon", _cordon, "take an agent or one GPU out of the offer")
+    uncordon = command("uncordon", _uncordon, "put a cordoned agent or GPU back in the offer")
+    for sub in (cordon, uncordon):
+        sub.add_argument("target", metavar="HOST|AGENT_ID", help="hostname or agent id")
+        sub.add_argument("--gpu", default=None, metavar="UUID", help="only this GPU")
+    cordon.add_argument("--reason", required=True, help="why (shown beside the agent)")
+    cordon.add_argument("--by", default=None, help="who (default: user@this host)")
+    claims = command("claims", _claims, "list active claims")
+    claims.add_argument("--holder", default=None, help="only this holder's claims")
+    claims.add_argument("--agent", default=None, help="only claims on this host or agent id")
+    for sub in (cordon, uncordon, claims):
+        api_options(sub)
     capacity = command("capacity", _capacity, "online machines that can take a job now")
     api_options(capacity)
     capacity.add_argument(

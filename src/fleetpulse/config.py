@@ -201,7 +201,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     sse_max_pending: PositiveInt = 10_000
     """An event subscriber this many events behind is disconnected."""
     write_tokens: list[str] = []
-    """Bearer tokens that may also change things (claims, cordons); with any token configured, changes need one of these."""
+    """Bearer tokens that may also change things (claims, cordons; comma-separated)."""
     claims_cleanup_interval_s: Positive = 10.0
     """Seconds between marking expired claims ended (an expired claim holds nothing anyway)."""
     claims_keep_s: NonNegative = 86_400.0
