@@ -15,7 +15,7 @@ from typing import Final
 import msgspec
 
 from fleetpulse.api.schemas import agent_of
-from fleetpulse.store import AgentRecord, CapacityMatch
+from fleetpulse.store import AgentRecord, Allotment, CapacityMatch
 
 __all__ = ["RowCache"]
 
@@ -25,6 +25,7 @@ _GPUS: Final = b',"matching_gpus":'
 _NULL: Final = b"null"
 MAX_LISTS: Final = 1024  # answers whose pieces are kept
 MAX_LIST_ROWS: Final = 20_000  # rows in them, at most
+_Entry = tuple[AgentRecord, float | None, bytes, float | None, Allotment | None]
 
 
 def encode_without(struct: msgspec.Struct, name: str) -> bytes:
@@ -44,22 +45,24 @@ class RowCache:
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
-        # id(record) -> (the record, its reliability, the row's tail, its sample time)
-        self._rows: dict[int, tuple[AgentRecord, float | None, bytes, float | None]] = {}
+        # id(record) -> (the record, its reliability, the row's tail, its sample time, its
+        # claimable figures)
+        self._rows: dict[int, _Entry] = {}
         self._gpu_lists: dict[tuple[int, ...], bytes] = {}
         self._as_of: tuple[datetime | None, bytes] = (None, b"")
         # id(matches) -> (the list, its pieces, its rows' sample times)
         self._lists: dict[int, tuple[list[CapacityMatch], list[bytes], list[float | None]]] = {}
         self._list_rows = 0
 
-    def _entry(self, match: CapacityMatch) -> tuple[AgentRecord, float | None, bytes, float | None]:
+    def _entry(self, match: CapacityMatch) -> _Entry:
         record, reliability = match.record, match.reliability_30d
         sampled = record.last_sampled_at
         entry = (
             record,
             reliability,
-            self._encode(record, reliability),
+            self._encode(record, reliability, match.allotment),
             None if sampled is None else sampled.timestamp(),
+            match.allotment,
         )
         if len(self._rows) >= self.max_entries:
             self._rows.clear()
@@ -67,9 +70,12 @@ class RowCache:
         return entry
 
     @staticmethod
-    def _encode(record: AgentRecord, reliability: float | None) -> bytes:
+    def _encode(
+        record: AgentRecord, reliability: float | None, allotment: Allotment | None
+    ) -> bytes:
         """The row after ``matching_gpus``: from the comma before the next field to ``}``."""
-        return b"," + encode_without(agent_of(record, reliability, now=0.0), "sample_age_s")[1:]
+        row = agent_of(record, reliability, now=0.0, allotment=allotment)
+        return b"," + encode_without(row, "sample_age_s")[1:]
 
     def _gpus(self, indexes: tuple[int, ...]) -> bytes:
         encoded = self._gpu_lists.get(indexes)
@@ -93,7 +99,11 @@ class RowCache:
         rows, gpu_lists = self._rows, self._gpu_lists
         for i, match in enumerate(matches):
             entry = rows.get(id(match.record))
-            if entry is None or entry[1] != match.reliability_30d:  # (held: still this record)
+            if (
+                entry is None
+                or entry[1] != match.reliability_30d
+                or entry[4] is not match.allotment
+            ):  # (held: still this record)
                 entry = self._entry(match)
             ats.append(entry[3])
             gpus = gpu_lists.get(match.matching_gpus) or self._gpus(match.matching_gpus)

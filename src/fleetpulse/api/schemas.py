@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from fleetpulse.store import AgentRecord, CapacityMatch, GpuBucket, HostBucket, StatusEvent
+from fleetpulse.store import (
+    AgentRecord,
+    Allotment,
+    CapacityMatch,
+    CordonRecord,
+    GpuBucket,
+    HostBucket,
+    StatusEvent,
+)
 
 __all__ = [
     "Agent",
@@ -24,6 +32,7 @@ __all__ = [
     "Cordon",
     "CordonBody",
     "CordonList",
+    "CordonNote",
     "ErrorBody",
     "Event",
     "EventList",
@@ -56,7 +65,17 @@ class Health(msgspec.Struct, kw_only=True):
     detail: str | None = None
 
 
-class Gpu(msgspec.Struct, kw_only=True):
+class CordonNote(msgspec.Struct, kw_only=True):
+    """Who took an agent or GPU out of the offer, why and since when."""
+
+    reason: str
+    by: str
+    at: datetime
+
+
+# The claim fields below appear only on agents with active claims or a cordon (omitted
+# defaults): without claims every answer is byte for byte what it was before claims existed.
+class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int
     uuid: str
     name: str
@@ -66,10 +85,17 @@ class Gpu(msgspec.Struct, kw_only=True):
     temp_c: float | None
     power_w: float | None
     error: str | None
+    vram_held_gb: float | None = None
+    vram_claimable_gb: float | None = None  # min(free, total - held); 0 if cordoned
+    cordon: CordonNote | None = None
 
 
-class Agent(msgspec.Struct, kw_only=True):
-    """One agent's latest state, numbers exactly as its latest heartbeat reported them."""
+class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One agent's latest state, numbers exactly as its latest heartbeat reported them.
+
+    With active claims or a cordon, also: ``schedulable`` (false when cordoned, with
+    ``cordon``), ``claims`` (active), what they hold and what is left to claim
+    (min(observed, total − held)) for cores, memory and VRAM (per GPU in ``gpus``)."""
 
     agent_id: uuid.UUID
     hostname: str
@@ -94,6 +120,14 @@ class Agent(msgspec.Struct, kw_only=True):
     gpus: list[Gpu]
     errors: list[str]
     reliability_30d: float | None
+    schedulable: bool | None = None
+    cordon: CordonNote | None = None
+    claims: int | None = None
+    cpu_held_cores: int | None = None
+    cpu_claimable_cores: int | None = None
+    mem_held_gb: float | None = None
+    mem_claimable_gb: float | None = None
+    gpu_vram_claimable_gb: float | None = None
 
 
 class Capacity(Agent, kw_only=True):
@@ -166,12 +200,39 @@ class History(msgspec.Struct, kw_only=True):
     count: int
 
 
-def _gpus(record: AgentRecord) -> list[Gpu]:
+def _gpus(record: AgentRecord, allotment: Allotment | None = None) -> list[Gpu]:
     """The store's GPU states as response structs (the same fields, one schema per layer)."""
-    return msgspec.convert(record.gpus, list[Gpu], from_attributes=True)
+    gpus = msgspec.convert(record.gpus, list[Gpu], from_attributes=True)
+    if allotment is not None:
+        for gpu, a in zip(gpus, allotment.gpus, strict=True):
+            gpu.vram_held_gb = a.vram_held_gb
+            gpu.vram_claimable_gb = a.vram_claimable_gb
+            gpu.cordon = _note(a.cordon)
+    return gpus
 
 
-def _fields(record: AgentRecord, reliability: float | None, now: float) -> dict[str, Any]:
+def _note(cordon: CordonRecord | None) -> CordonNote | None:
+    return None if cordon is None else CordonNote(reason=cordon.reason, by=cordon.by, at=cordon.at)
+
+
+def _claim_fields(allotment: Allotment | None) -> dict[str, Any]:
+    if allotment is None:
+        return {}
+    return {
+        "schedulable": allotment.schedulable,
+        "cordon": _note(allotment.cordon),
+        "claims": allotment.claims,
+        "cpu_held_cores": allotment.cpu_held_cores,
+        "cpu_claimable_cores": allotment.cpu_claimable_cores,
+        "mem_held_gb": allotment.mem_held_gb,
+        "mem_claimable_gb": allotment.mem_claimable_gb,
+        "gpu_vram_claimable_gb": allotment.gpu_vram_claimable_gb,
+    }
+
+
+def _fields(
+    record: AgentRecord, reliability: float | None, now: float, allotment: Allotment | None = None
+) -> dict[str, Any]:
     sampled = record.last_sampled_at
     return {
         "agent_id": record.agent_id,
@@ -194,18 +255,29 @@ def _fields(record: AgentRecord, reliability: float | None, now: float) -> dict[
         "gpu_count": record.gpu_count,
         "gpu_vram_total_gb": record.gpu_vram_total_gb,
         "gpu_vram_available_gb": record.gpu_vram_available_gb,
-        "gpus": _gpus(record),
+        "gpus": _gpus(record, allotment),
         "errors": list(record.errors),
         "reliability_30d": reliability,
+        **_claim_fields(allotment),
     }
 
 
-def agent_of(record: AgentRecord, reliability: float | None, now: float | None = None) -> Agent:
-    return Agent(**_fields(record, reliability, time.time() if now is None else now))
+def agent_of(
+    record: AgentRecord,
+    reliability: float | None,
+    now: float | None = None,
+    allotment: Allotment | None = None,
+) -> Agent:
+    return Agent(**_fields(record, reliability, time.time() if now is None else now, allotment))
 
 
 def capacity_of(match: CapacityMatch, now: float | None = None) -> Capacity:
-    fields = _fields(match.record, match.reliability_30d, time.time() if now is None else now)
+    fields = _fields(
+        match.record,
+        match.reliability_30d,
+        time.time() if now is None else now,
+        match.allotment,
+    )
     return Capacity(**fields, matching_gpus=list(match.matching_gpus))
 
 

@@ -17,6 +17,7 @@ from fleetpulse.api.metrics import RequestMetrics, render_fleet
 from fleetpulse.api.rows import RowCache
 from fleetpulse.config import Settings
 from fleetpulse.store import (
+    ClaimableView,
     Database,
     EventFeed,
     Holdings,
@@ -42,6 +43,7 @@ class Services:
     request_metrics: RequestMetrics
     holdings: Holdings
     holdings_follower: HoldingsFollower
+    claimable: ClaimableView
     rows: RowCache = field(default_factory=RowCache)
     fleet_metrics: bytes = b""
     fleet_metrics_at: float = 0.0
@@ -128,6 +130,7 @@ async def open_services(
             request_metrics=request_metrics,
             holdings=holdings,
             holdings_follower=holdings_follower,
+            claimable=ClaimableView(holdings),
         )
         await services.refresh_fleet_metrics()
         task = asyncio.create_task(services._metrics_loop(), name="fleet-metrics")

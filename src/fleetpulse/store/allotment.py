@@ -85,9 +85,14 @@ class Holding(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def empty(self) -> bool:
         return not self.claims and self.cordon is None and not self.gpu_cordons
 
-    def next_expiry(self) -> datetime | None:
-        """When the first of its claims expires (then the figures change by themselves)."""
-        times = [c.expires_at for c in self.claims if c.ended_at is None]
+    def next_expiry(self, after: datetime | None = None) -> datetime | None:
+        """When the first of its claims (expiring after ``after``) expires: then the figures
+        change by themselves."""
+        times = [
+            c.expires_at
+            for c in self.claims
+            if c.ended_at is None and (after is None or c.expires_at > after)
+        ]
         return min(times) if times else None
 
 

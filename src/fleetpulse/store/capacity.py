@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from fleetpulse.gpus import usable_gpus
+from fleetpulse.store.allotment import Allotment
 from fleetpulse.store.queries import AgentRecord
 
 __all__ = ["CapacityFilter", "CapacityMatch", "matching_gpus"]
@@ -34,6 +35,7 @@ class CapacityMatch(msgspec.Struct, frozen=True):
     record: AgentRecord
     matching_gpus: tuple[int, ...]
     reliability_30d: float | None
+    allotment: Allotment | None = None  # claimable figures, when claims or cordons touch it
 
 
 def matching_gpus(record: AgentRecord, query: CapacityFilter) -> tuple[int, ...]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Final, Self
 
@@ -42,12 +44,13 @@ _EMPTY: Final = Holding()
 
 class Holdings:
     """Agent -> what is held on it (agents holding nothing are absent). ``version`` moves on
-    every change; ``changed`` collects the agents changed since the caller last took them."""
+    every change."""
 
     def __init__(self) -> None:
         self._by_agent: dict[uuid.UUID, Holding] = {}
         self.version = 0
-        self.changed: set[uuid.UUID] = set()
+        self._expiries: list[float] = []  # a heap of expiry times (some of ended claims)
+        self._claims = 0  # claims held in all (for bounding the heap)
 
     def __len__(self) -> int:
         return len(self._by_agent)
@@ -59,30 +62,42 @@ class Holdings:
         return self._by_agent.items()
 
     def put(self, agent_id: uuid.UUID, holding: Holding) -> None:
-        if self._by_agent.get(agent_id, _EMPTY) == holding:
+        before = self._by_agent.get(agent_id, _EMPTY)
+        if before == holding:
             return
+        self._claims += len(holding.claims) - len(before.claims)
         if holding.empty:
             self._by_agent.pop(agent_id, None)
         else:
             self._by_agent[agent_id] = holding
-        self.changed.add(agent_id)
+            self._note_expiries(holding)
         self.version += 1
 
     def replace_all(self, holdings: Mapping[uuid.UUID, Holding]) -> None:
         fresh = {a: h for a, h in holdings.items() if not h.empty}
-        self.changed |= {
-            a for a in self._by_agent.keys() | fresh.keys() if self._by_agent.get(a) != fresh.get(a)
-        }
         self._by_agent = fresh
+        self._claims = sum(len(h.claims) for h in fresh.values())
+        self._expiries = [c.expires_at.timestamp() for h in fresh.values() for c in h.claims]
+        heapq.heapify(self._expiries)
         self.version += 1
 
-    def take_changed(self) -> set[uuid.UUID]:
-        changed, self.changed = self.changed, set()
-        return changed
+    def next_expiry_ts(self, now: float) -> float:
+        """A time (s since the epoch) after ``now`` at or before which the first active
+        claim expires (sooner is allowed: times of ended claims linger); inf when none."""
+        heap = self._expiries
+        while heap and heap[0] <= now:
+            heapq.heappop(heap)
+        return heap[0] if heap else math.inf
 
-    def next_expiry(self) -> datetime | None:
-        times = [t for h in self._by_agent.values() if (t := h.next_expiry()) is not None]
-        return min(times) if times else None
+    def _note_expiries(self, holding: Holding) -> None:
+        heap = self._expiries
+        for claim in holding.claims:
+            heapq.heappush(heap, claim.expires_at.timestamp())
+        if len(heap) > 4 * self._claims + 1024:
+            self._expiries = [
+                c.expires_at.timestamp() for h in self._by_agent.values() for c in h.claims
+            ]
+            heapq.heapify(self._expiries)
 
     def held_by_holder(self, now: datetime) -> dict[str, int]:
         """Active claims per holder."""
@@ -106,7 +121,6 @@ class HoldingsFollower:
         cleanup_interval_s: float = 10.0,
         keep_s: float = 86_400.0,
         resync_interval_s: float = 300.0,
-        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.holdings = holdings
@@ -114,7 +128,6 @@ class HoldingsFollower:
         self.cleanup_interval_s = cleanup_interval_s
         self.keep_s = keep_s
         self.resync_interval_s = resync_interval_s
-        self.on_change = on_change
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -128,8 +141,6 @@ class HoldingsFollower:
         else:
             for agent_id, holding in found.items():
                 self.holdings.put(agent_id, holding)
-        if self.on_change is not None:
-            self.on_change()
 
     async def cleanup(self) -> int:
         """Mark expired claims ended (with their events) and purge old ended ones."""

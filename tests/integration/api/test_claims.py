@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 
 from fleetpulse import store
+from fleetpulse.api import create_app
 from fleetpulse.config import DatabaseSettings
-from tests.fixtures.api import GpuSeed, seed_agent
+from tests.fixtures.api import GpuSeed, api_settings, live_server, seed_agent
 
 CLAIMS = "/api/v1/claims"
 CAP = "/api/v1/agents/available-capacity"
@@ -241,7 +245,9 @@ async def test_cordons_take_agents_and_gpus_out_and_survive_restarts(conn, clien
     body = {"reason": "fan replacement", "by": "ops@site"}
     ask = {"holder": "h", "ttl_s": 60}
     async with client_for() as client:
-        held = await client.post(CLAIMS, json={**ask, "agent_id": str(agent), "gpus": [1]})
+        held = await client.post(
+            CLAIMS, json={**ask, "agent_id": str(agent), "gpus": [1], "vram_gb": 20}
+        )
         made = await client.post(cordon, json=body)
         repeat = await client.post(cordon, json={**body, "reason": "still the fan"})
         refused = await client.post(CLAIMS, json={**ask, "agent_id": str(agent)})
@@ -317,3 +323,136 @@ async def test_writes_need_a_write_token_when_tokens_are_configured(conn, client
         refused = await client.post(CLAIMS, json=ask, headers=read)
     assert refused.status_code == 403
     assert "api.write_tokens" in refused.json()["detail"]
+
+
+async def _poll(client: Any, path: str, params: dict[str, Any], ok: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        body = (await client.get(path, params=params)).json()
+        if ok(body):
+            return body
+        assert loop.time() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def test_rows_show_observed_held_and_claimable_and_no_claims_changes_no_byte(
+    conn, client_for
+) -> None:
+    agent = seed_agent(
+        conn,
+        hostname="gpu",
+        cpu_cores=16,
+        mem_total_gb=64,
+        mem_available_gb=40,
+        gpus=(GpuSeed(24, 24), GpuSeed(24, 24)),
+    )
+    seed_agent(conn, hostname="mid", gpus=(GpuSeed(24, 12),))
+    paths = [
+        (CAP, {}),
+        (CAP, {"min_gpu_vram_gb": 10}),
+        ("/api/v1/agents", {}),
+        (f"/api/v1/agents/{agent}", {}),
+        (f"/api/v1/agents/{agent}/capacity", {}),
+    ]
+
+    def stable(raw: bytes) -> bytes:  # ages and as_of move with the clock
+        return re.sub(rb'"(sample_age_s|as_of)":[^,}]*', b"", raw)
+
+    async with client_for() as client:
+        before = [stable((await client.get(p, params=q)).content) for p, q in paths]
+        claim = (
+            await client.post(
+                CLAIMS,
+                json={
+                    "holder": "h",
+                    "ttl_s": 60,
+                    "agent_id": str(agent),
+                    "gpus": [0],
+                    "vram_gb": 20,
+                    "cpu_cores": 6,
+                    "mem_gb": 30,
+                },
+            )
+        ).json()
+        held = (await client.get(CAP, params={"min_gpu_vram_gb": 10})).json()
+        one = (await client.get(f"/api/v1/agents/{agent}/capacity")).json()
+        # the job starts: its VRAM shows in a heartbeat, and is not taken off twice
+        conn.execute(
+            "UPDATE agent_registry SET resource_metrics = jsonb_set(resource_metrics,"
+            " '{gpus,0,vram_free_gb}', '3'::jsonb), updated_at = clock_timestamp()"
+            " WHERE agent_id = %s",
+            (agent,),
+        )
+        running = await _poll(
+            client,
+            f"/api/v1/agents/{agent}/capacity",
+            {},
+            lambda b: b["gpus"][0]["vram_free_gb"] == 3,
+        )
+        await client.delete(f"{CLAIMS}/{claim['claim_id']}")
+        conn.execute(
+            "UPDATE agent_registry SET resource_metrics = jsonb_set(resource_metrics,"
+            " '{gpus,0,vram_free_gb}', '24'::jsonb), updated_at = clock_timestamp()"
+            " WHERE agent_id = %s",
+            (agent,),
+        )
+        await _poll(
+            client,
+            f"/api/v1/agents/{agent}/capacity",
+            {},
+            lambda b: b["gpus"][0]["vram_free_gb"] == 24,
+        )
+        after = [stable((await client.get(p, params=q)).content) for p, q in paths]
+    assert after == before  # released: every answer is again what it was, byte for byte
+    assert b"claimable" not in b"".join(before)
+    row = next(r for r in held["items"] if r["hostname"] == "gpu")
+    assert [r["hostname"] for r in held["items"]] == ["gpu", "mid"]
+    assert row["matching_gpus"] == [1]  # GPU 0: min(24 free, 24 - 20 held) = 4 < 10
+    assert row["gpus"][0]["vram_free_gb"] == 24.0  # observed, beside held and claimable
+    assert (row["gpus"][0]["vram_held_gb"], row["gpus"][0]["vram_claimable_gb"]) == (20.0, 4.0)
+    assert (row["cpu_available_cores"], row["cpu_held_cores"], row["cpu_claimable_cores"]) == (
+        16,
+        6,
+        10,
+    )
+    assert (row["mem_available_gb"], row["mem_held_gb"], row["mem_claimable_gb"]) == (40, 30, 34)
+    assert row["schedulable"] is True
+    assert row["claims"] == 1
+    assert one["gpus"][0]["vram_claimable_gb"] == 4.0
+    assert running["gpus"][0]["vram_claimable_gb"] == 3.0  # min(3 observed, 4 unheld)
+    assert running["gpu_vram_claimable_gb"] == 24.0
+
+
+async def test_claims_and_cordons_are_events_on_the_stream(conn, db_url: str) -> None:
+    agent = seed_agent(conn, gpus=(GpuSeed(24, 24),))
+    app = create_app(api_settings(db_url))
+    async with live_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with client.stream("GET", "/api/v1/events/stream") as stream:
+            lines = stream.aiter_lines()
+            async for line in lines:  # open once its greeting comment arrives
+                if line.startswith(":"):
+                    break
+            made = await client.post(
+                CLAIMS, json={"holder": "h", "ttl_s": 60, "agent_id": str(agent)}
+            )
+            await client.post(f"/api/v1/agents/{agent}/cordon", json={"reason": "r", "by": "b"})
+
+            async def names() -> list[str]:
+                seen: list[str] = []
+                async for line in lines:
+                    if line.startswith("event:"):
+                        seen.append(line.split(":", 1)[1].strip())
+                    if len(seen) == 2:
+                        return seen
+                return seen
+
+            seen = await asyncio.wait_for(names(), 10)
+        listed = (await client.get("/api/v1/events", params={"agent_id": str(agent)})).json()
+    assert made.status_code == 201
+    assert seen == ["claim", "cordon"]
+    reasons = [e["reason"] for e in listed["items"]]
+    assert reasons[-2:] == ["claim_created", "cordon"]
+    assert listed["items"][-2]["detail"]["claim_id"] == made.json()["claim_id"]
+    assert listed["items"][-1]["detail"]["by"] == "b"
+    assert "detail" not in listed["items"][0]  # status events are as they were

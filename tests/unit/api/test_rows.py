@@ -9,7 +9,7 @@ import pytest
 
 from fleetpulse.api.rows import RowCache, encode_without
 from fleetpulse.api.schemas import CapacityList, capacity_of
-from fleetpulse.store import AgentRecord, CapacityFilter, CapacityMatch, RegistryIndex
+from fleetpulse.store import AgentRecord, Allotment, CapacityFilter, CapacityMatch, RegistryIndex
 from tests.unit.api.records import NOW, gpu, record
 
 
@@ -36,9 +36,11 @@ def test_row_cache_reuses_rows_only_while_record_and_reliability_hold(
     encoded: list[str] = []
     encode = RowCache._encode
 
-    def counting(record: AgentRecord, reliability: float | None) -> bytes:
+    def counting(
+        record: AgentRecord, reliability: float | None, allotment: Allotment | None
+    ) -> bytes:
         encoded.append(record.hostname)
-        return encode(record, reliability)
+        return encode(record, reliability, allotment)
 
     monkeypatch.setattr(RowCache, "_encode", staticmethod(counting))
 

@@ -30,6 +30,7 @@ from fleetpulse.store import (
     AgentRecord,
     CapacityFilter,
     CapacityMatch,
+    claimable_gpus,
     fetch_agent,
     fetch_agents,
     fetch_history,
@@ -84,8 +85,11 @@ def _auto_bucket(span: timedelta, max_points: int) -> timedelta:
     return timedelta(seconds=math.ceil(span.total_seconds() / points))
 
 
+ANY: Final = CapacityFilter()
+
+
 def _all_gpus(record: AgentRecord) -> tuple[int, ...]:
-    return matching_gpus(record, CapacityFilter())
+    return matching_gpus(record, ANY)
 
 
 class AgentRoutes(Controller):
@@ -117,7 +121,11 @@ class AgentRoutes(Controller):
                 conn, status=status, pool=pool or None, limit=limit, after=after
             )
         now = time.time()
-        items = [agent_of(r, services.index.reliability(r.agent_id), now) for r in records]
+        view = services.claimable
+        items = [
+            agent_of(r, services.index.reliability(r.agent_id), now, view.allotment(r, now))
+            for r in records
+        ]
         return AgentList(
             items=items,
             count=len(items),
@@ -200,7 +208,7 @@ class AgentRoutes(Controller):
             limit=limit,
         )
         now = time.time()
-        matches = services.index.query(query, now)
+        matches = services.claimable.query(services.index, query, now)
         as_of = services.index.as_of or datetime.fromtimestamp(now, UTC)
         body = services.rows.capacity_list(matches, as_of=as_of, now=now)
         return Response(body, media_type=MediaType.JSON)
@@ -219,7 +227,10 @@ class AgentRoutes(Controller):
     )
     async def get_agent(self, state: State, agent_id: AgentId) -> Agent:
         record = await self._record(state, uuid.UUID(agent_id))
-        return agent_of(record, services_of(state).index.reliability(record.agent_id))
+        services = services_of(state)
+        now = time.time()
+        allotment = services.claimable.allotment(record, now)
+        return agent_of(record, services.index.reliability(record.agent_id), now, allotment)
 
     @get(
         "/{agent_id:str}/capacity",
@@ -229,8 +240,12 @@ class AgentRoutes(Controller):
     )
     async def get_capacity(self, state: State, agent_id: AgentId) -> Capacity:
         record = await self._record(state, uuid.UUID(agent_id))
-        reliability = services_of(state).index.reliability(record.agent_id)
-        return capacity_of(CapacityMatch(record, _all_gpus(record), reliability))
+        services = services_of(state)
+        now = time.time()
+        reliability = services.index.reliability(record.agent_id)
+        allotment = services.claimable.allotment(record, now)
+        gpus = _all_gpus(record) if allotment is None else claimable_gpus(record, allotment, ANY)
+        return capacity_of(CapacityMatch(record, gpus, reliability, allotment), now)
 
     @get(
         "/{agent_id:str}/metrics",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -111,8 +112,10 @@ def _filter(body: ClaimBody, ask: ClaimAsk, limit: int) -> CapacityFilter:
 def _candidates(services: Services, query: CapacityFilter) -> Iterator[uuid.UUID]:
     """Agents in the order ``available-capacity`` answers, asking for more while needed."""
     seen: set[uuid.UUID] = set()
+    now = time.time()
     for limit in CANDIDATE_STEPS:
-        matches = services.index.query(msgspec.structs.replace(query, limit=limit))
+        wider = msgspec.structs.replace(query, limit=limit)
+        matches = services.claimable.query(services.index, wider, now)
         for match in matches:
             agent_id = match.record.agent_id
             if agent_id not in seen:
