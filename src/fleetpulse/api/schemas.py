@@ -151,7 +151,10 @@ class CapacityList(msgspec.Struct, kw_only=True):
     as_of: datetime
 
 
-class Event(msgspec.Struct, kw_only=True):
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A status transition; claim and cordon changes (``from_status`` = ``to_status``) also
+    carry ``detail``: which claim or GPU, who and why."""
+
     id: int
     agent_id: uuid.UUID
     hostname: str
@@ -160,6 +163,7 @@ class Event(msgspec.Struct, kw_only=True):
     from_status: Status | None
     to_status: Status
     reason: str
+    detail: dict[str, Any] | None = None
 
 
 class EventList(msgspec.Struct, kw_only=True):

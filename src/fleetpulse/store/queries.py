@@ -114,6 +114,8 @@ class GpuBucket(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StatusEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A status transition, or (from = to) a claim or cordon change, with its ``detail``."""
+
     id: int
     agent_id: uuid.UUID
     hostname: str
@@ -122,6 +124,7 @@ class StatusEvent(msgspec.Struct, frozen=True, kw_only=True):
     from_status: AgentStatus | None
     to_status: AgentStatus
     reason: str
+    detail: dict[str, Any] | None = None
 
 
 _gpus_decoder: Final = msgspec.json.Decoder(list[GpuState])
@@ -346,7 +349,8 @@ async def fetch_history(
 
 
 _EVENT_COLUMNS: Final = (
-    "e.id, e.agent_id, r.hostname, r.pool_name, e.at, e.from_status, e.to_status, e.reason"
+    "e.id, e.agent_id, r.hostname, r.pool_name, e.at, e.from_status, e.to_status, e.reason,"
+    " e.detail"
 )
 
 
@@ -380,6 +384,7 @@ async def fetch_events(
             from_status=r[5],
             to_status=r[6],
             reason=r[7],
+            detail=r[8],
         )
         for r in await cur.fetchall()
     ]

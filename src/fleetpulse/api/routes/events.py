@@ -28,9 +28,19 @@ RETRY_MS: Final = 1000
 AgentFilter = Annotated[uuid.UUID | None, QueryParameter(description="Only this agent's events.")]
 
 
+def _kind(reason: str) -> str:
+    """The SSE event name: ``status`` for transitions (as always), ``claim`` and ``cordon``
+    for those changes (a client listening for ``status`` alone sees nothing new)."""
+    if reason.startswith("claim_"):
+        return "claim"
+    if reason in ("cordon", "uncordon"):
+        return "cordon"
+    return "status"
+
+
 def _message(event: StatusEvent) -> ServerSentEventMessage:
     return ServerSentEventMessage(
-        data=_encoder.encode(event_of(event)).decode(), event="status", id=event.id
+        data=_encoder.encode(event_of(event)).decode(), event=_kind(event.reason), id=event.id
     )
 
 
@@ -112,7 +122,8 @@ class EventRoutes(Controller):
         "/stream",
         summary="Status transitions as Server-Sent Events",
         description=(
-            "Each event: `id` = event id, `event: status`, `data` = an Event as JSON; pushed"
+            "Each event: `id` = event id, `event: status` (or `claim`, `cordon` for those"
+            " changes), `data` = an Event as JSON; pushed"
             " from the database (LISTEN/NOTIFY) as the detector decides. Reconnect with"
             " `Last-Event-ID` to receive what was missed. Comments keep idle streams open."
         ),
