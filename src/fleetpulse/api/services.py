@@ -7,23 +7,29 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from litestar.datastructures import State
 
+from fleetpulse.api.claim_metrics import render_claims
 from fleetpulse.api.metrics import RequestMetrics, render_fleet
 from fleetpulse.api.rows import RowCache
 from fleetpulse.config import Settings
 from fleetpulse.store import (
+    AgentRecord,
+    Allotment,
     ClaimableView,
     Database,
     EventFeed,
+    Holding,
     Holdings,
     HoldingsFollower,
     RegistryFollower,
     RegistryIndex,
+    allot,
 )
 
 __all__ = ["Services", "open_services", "services_of"]
@@ -47,7 +53,7 @@ class Services:
     rows: RowCache = field(default_factory=RowCache)
     fleet_metrics: bytes = b""
     fleet_metrics_at: float = 0.0
-    fleet_metrics_version: int = -1
+    fleet_metrics_version: tuple[int, int] = (-1, -1)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # agent -> claim decisions in progress in this process (a claim by filter tries others first)
     claims_in_flight: dict[uuid.UUID, int] = field(default_factory=dict)
@@ -59,16 +65,25 @@ class Services:
 
     async def refresh_fleet_metrics(self, *, force: bool = True) -> None:
         now = time.time()
-        unchanged = self.index.version == self.fleet_metrics_version
-        if not force and unchanged and now - self.fleet_metrics_at < IDLE_RERENDER_S:
+        version = (self.index.version, self.holdings.version)
+        unchanged = version == self.fleet_metrics_version
+        expired = self.holdings.next_expiry_ts(self.fleet_metrics_at) <= now
+        if (
+            not force
+            and unchanged
+            and not expired
+            and now - self.fleet_metrics_at < IDLE_RERENDER_S
+        ):
             return  # nothing changed: only the heartbeat ages would move
-        version = self.index.version
         records = list(self.index.records())
         limit = self.settings.api.metrics_per_agent_limit
+        held = dict(self.holdings.items())
+        by_holder = self.holdings.held_by_holder(datetime.fromtimestamp(now, UTC))
         # Rendering is CPU work proportional to the fleet: off the event loop.
         text, omitted = await asyncio.to_thread(
             render_fleet, records, now=now, per_agent_limit=limit
         )
+        text += await asyncio.to_thread(render_claims, records, _allotments(held, now), by_holder)
         if omitted and not self.fleet_metrics:
             log.warning(
                 "per-agent metrics capped at %d agents (api.metrics_per_agent_limit); %d left out",
@@ -86,6 +101,18 @@ class Services:
                 await self.refresh_fleet_metrics(force=False)
             except Exception:  # a broken render must not stop the loop; the age gauge shows it
                 log.exception("fleet metrics refresh failed")
+
+
+def _allotments(
+    held: dict[uuid.UUID, Holding], now: float
+) -> Callable[[AgentRecord], Allotment | None]:
+    moment = datetime.fromtimestamp(now, UTC)
+
+    def allotment_of(record: AgentRecord) -> Allotment | None:
+        holding = held.get(record.agent_id)
+        return None if holding is None else allot(record, holding, moment)
+
+    return allotment_of
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,14 @@ CLAIMS = "/api/v1/claims"
 CAP = "/api/v1/agents/available-capacity"
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{want}}}")
+
+
 def _gpu_uuid(agent: uuid.UUID, index: int) -> str:
     return f"GPU-{agent}-{index}"
 
@@ -456,3 +464,51 @@ async def test_claims_and_cordons_are_events_on_the_stream(conn, db_url: str) ->
     assert listed["items"][-2]["detail"]["claim_id"] == made.json()["claim_id"]
     assert listed["items"][-1]["detail"]["by"] == "b"
     assert "detail" not in listed["items"][0]  # status events are as they were
+
+
+async def test_metrics_show_claimable_held_holders_and_cordons(conn, client_for) -> None:
+    agent = seed_agent(conn, hostname="a", pool="render", cpu_cores=16, gpus=(GpuSeed(24, 24),))
+    other = seed_agent(conn, hostname="b", pool="render", cpu_cores=8, gpus=(GpuSeed(24, 10),))
+    rtx = "NVIDIA GeForce RTX 4090"
+    async with client_for() as client:
+        for n in range(3):
+            made = await client.post(
+                CLAIMS,
+                json={
+                    "holder": "farm" if n else "solo",
+                    "ttl_s": 60,
+                    "agent_id": str(agent),
+                    "gpus": [0],
+                    "vram_gb": 5,
+                    "cpu_cores": 2,
+                },
+            )
+            assert made.status_code == 201
+        await client.post(f"/api/v1/agents/{other}/cordon", json={"reason": "r", "by": "b"})
+        text = await _poll_text(client, 'fleetpulse_cordons{pool="render",kind="agent"} 1')
+    gib = 1024.0**3
+    assert sample(text, "fleetpulse_capacity_gpu_vram_held_bytes", pool="render", gpu_type=rtx) == (
+        15 * gib
+    )
+    # a: min(24, 24 - 15) = 9; b is cordoned: nothing to claim there
+    assert sample(
+        text, "fleetpulse_capacity_gpu_vram_claimable_bytes", pool="render", gpu_type=rtx
+    ) == (9 * gib)
+    assert sample(text, "fleetpulse_capacity_gpu_vram_free_bytes", pool="render", gpu_type=rtx) == (
+        34 * gib
+    )
+    assert sample(text, "fleetpulse_capacity_cpu_held_cores", pool="render") == 6
+    assert sample(text, "fleetpulse_capacity_cpu_claimable_cores", pool="render") == 10
+    assert sample(text, "fleetpulse_claims_active", holder="farm") == 2
+    assert sample(text, "fleetpulse_claims_active", holder="solo") == 1
+
+
+async def _poll_text(client: Any, needle: str) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        text: str = (await client.get("/metrics")).text
+        if needle in text:
+            return text
+        assert loop.time() < deadline, text[-2000:]
+        await asyncio.sleep(0.05)
