@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import uuid
 from typing import Any
@@ -12,7 +13,9 @@ import psycopg
 
 from fleetpulse import store
 from fleetpulse.api import create_app
-from fleetpulse.config import DatabaseSettings
+from fleetpulse.console import run_status
+from fleetpulse.console.claims import run_claims, run_cordon, run_uncordon
+from fleetpulse.config import DatabaseSettings, Settings
 from tests.fixtures.api import GpuSeed, api_settings, live_server, seed_agent
 
 CLAIMS = "/api/v1/claims"
@@ -512,3 +515,93 @@ async def _poll_text(client: Any, needle: str) -> str:
             return text
         assert loop.time() < deadline, text[-2000:]
         await asyncio.sleep(0.05)
+
+
+async def test_cli_cordons_by_hostname_lists_claims_and_status_shows_both(
+    conn, db_url: str, capsys
+) -> None:
+    agent = seed_agent(conn, hostname="ws-cli", gpus=(GpuSeed(24, 24), GpuSeed(24, 24)))
+    seed_agent(conn, hostname="ws-other")
+    app = create_app(api_settings(db_url, write_tokens=["w"]))
+    settings = Settings()
+    async with live_server(app) as base:
+        call = asyncio.to_thread
+        plain = io.StringIO()
+        assert await call(run_status, settings, api_url=base, token="w", out=plain) == 0
+        made = await call(
+            httpx.post,
+            f"{base}/api/v1/claims",
+            json={
+                "holder": "render-farm",
+                "ttl_s": 600,
+                "agent_id": str(agent),
+                "gpus": [0],
+                "vram_gb": 16,
+                "cpu_cores": 2,
+            },
+            headers={"Authorization": "Bearer w"},
+        )
+        made.raise_for_status()
+        out = io.StringIO()
+        cordoned = await call(
+            run_cordon,
+            settings,
+            target="ws-cli",
+            gpu=f"GPU-{agent}-1",
+            reason="fan noise",
+            by="ops",
+            api_url=base,
+            token="w",
+            out=out,
+        )
+        denied = await call(
+            run_cordon,
+            settings,
+            target="ws-cli",
+            gpu=None,
+            reason="x",
+            by=None,
+            api_url=base,
+            token=None,
+        )
+        unknown = await call(
+            run_uncordon, settings, target="no-such-host", gpu=None, api_url=base, token="w"
+        )
+        listed = io.StringIO()
+        assert (
+            await call(
+                run_claims,
+                settings,
+                holder=None,
+                agent="ws-cli",
+                api_url=base,
+                token="w",
+                out=listed,
+            )
+            == 0
+        )
+        status = io.StringIO()
+        assert await call(run_status, settings, api_url=base, token="w", out=status) == 0
+        lifted = await call(
+            run_uncordon,
+            settings,
+            target=str(agent),
+            gpu=f"GPU-{agent}-1",
+            api_url=base,
+            token="w",
+            out=out,
+        )
+    err = capsys.readouterr().err
+    assert cordoned == 0
+    assert f"cordoned GPU GPU-{agent}-1 of ws-cli" in out.getvalue()
+    assert denied == 1
+    assert "401" in err
+    assert "pass --token" in err
+    assert unknown == 1
+    assert "no agent with hostname 'no-such-host'" in err
+    assert "render-farm" in listed.getvalue()
+    assert "0: 16" in listed.getvalue()
+    assert "1 active claim(s)" in listed.getvalue()
+    assert "ws-cli" in plain.getvalue()
+    assert "ws-cli" in status.getvalue()
+    assert lifted == 0
