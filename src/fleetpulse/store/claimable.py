@@ -55,8 +55,12 @@ def claimable_gpus(
 
 
 def _observed_key(record: AgentRecord) -> float:
-    best = max((g.vram_free_gb for g in record.gpus if not g.error), default=-1.0)
-    return max(record.gpu_vram_available_gb, best)
+    """The index's sort key: free VRAM, never below the best usable GPU's."""
+    key = record.gpu_vram_available_gb
+    for g in record.gpus:
+        if g.vram_free_gb > key and not g.error:
+            key = g.vram_free_gb
+    return key
 
 
 class ClaimableView:
@@ -68,6 +72,7 @@ class ClaimableView:
         self._allotments: dict[uuid.UUID, tuple[AgentRecord, Holding, Allotment, float]] = {}
         self._memo: dict[CapacityFilter, tuple[tuple[int, int, int], float, list[CapacityMatch]]]
         self._memo = {}
+        self._keys: dict[int, tuple[AgentRecord, float]] = {}  # id(record) -> its sort key
 
     def allotment(self, record: AgentRecord, now: float) -> Allotment | None:
         """The agent's claimable figures; None when nothing is held on it (then they are the
@@ -155,8 +160,18 @@ class ClaimableView:
                 return [k[4] for k in kept][:limit], valid
             asked *= GROWTH
 
-    @staticmethod
+    def _key(self, record: AgentRecord) -> float:
+        cached = self._keys.get(id(record))
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        key = _observed_key(record)
+        if len(self._keys) >= 200_000:
+            self._keys.clear()
+        self._keys[id(record)] = (record, key)
+        return key
+
     def _order(
+        self,
         kept: list[tuple[float, int, int, bool, CapacityMatch]],
         last: CapacityMatch | None,
         limit: int,
@@ -167,12 +182,12 @@ class ClaimableView:
         for key, cores, _, plain, match in kept:
             record = match.record
             if plain:  # observed = claimable: the index's own key
-                key, cores = _observed_key(record), record.cpu_available_cores
+                key, cores = self._key(record), record.cpu_available_cores
             rows.append((-key, -cores, record.agent_id.int >> 64, match, plain))
         rows.sort(key=lambda r: (r[0], r[1], r[2]))
         if last is None:
             return [r[3] for r in rows[:limit]]
-        bound = (_observed_key(last.record), last.record.cpu_available_cores)
+        bound = (self._key(last.record), last.record.cpu_available_cores)
         certain: list[CapacityMatch] = []
         for neg_key, neg_cores, _, match, plain in rows:
             if not plain and not (-neg_key, -neg_cores) > bound:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -131,7 +131,10 @@ async def place_claim(
 ) -> ClaimOutcome:
     """Claim ``ask`` on one agent, for ``ttl_s``, if it fits now (and ``check``, a further
     condition such as the filter that chose the agent, passes)."""
-    async with conn.transaction():
+    # Pipelined: BEGIN, the lock and the read go out together, the write and COMMIT too (two
+    # round trips). The server still runs them in order, and the read, a statement of its
+    # own, takes its snapshot after the lock is held.
+    async with conn.pipeline(), conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s::text))", (CLAIM_LOCK_CLASS, agent_id)
         )
@@ -155,13 +158,14 @@ async def place_claim(
         if isinstance(taken, Refusal):
             return ClaimOutcome(record=record, holding=holding, result=taken)
         claim_id = uuid.uuid4()
-        cur = await conn.execute(
+        expires = now + timedelta(seconds=ttl_s)
+        # no answer awaited: it is sent with COMMIT, and any error surfaces at the sync
+        await conn.execute(
             "WITH c AS (INSERT INTO claims"
             " (claim_id, agent_id, holder, gpus, cpu_cores, mem_gb, created_at, expires_at)"
             " VALUES (%(id)s, %(agent)s, %(holder)s, %(gpus)s::jsonb, %(cores)s, %(mem)s,"
-            "         %(at)s, %(at)s + make_interval(secs => %(ttl)s))"
-            " RETURNING *), e AS (" + _CLAIM_EVENT + ")"
-            " SELECT c.expires_at FROM c",
+            "         %(at)s, %(expires)s)"
+            " RETURNING *) " + _CLAIM_EVENT,
             {
                 "id": claim_id,
                 "agent": agent_id,
@@ -170,12 +174,10 @@ async def place_claim(
                 "cores": ask.cpu_cores,
                 "mem": ask.mem_gb,
                 "at": now,
-                "ttl": ttl_s,
+                "expires": expires,
                 "kind": "created",
             },
         )
-        expires = await cur.fetchone()
-        assert expires is not None
         claim = ClaimRecord(
             claim_id=claim_id,
             agent_id=agent_id,
@@ -184,7 +186,7 @@ async def place_claim(
             cpu_cores=ask.cpu_cores,
             mem_gb=ask.mem_gb,
             created_at=now,
-            expires_at=expires[0],
+            expires_at=expires,
         )
     held = msgspec.structs.replace(holding, claims=(*holding.claims, claim))
     return ClaimOutcome(record=record, holding=held, result=claim)

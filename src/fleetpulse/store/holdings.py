@@ -31,6 +31,7 @@ from fleetpulse.store.claims import (
 )
 from fleetpulse.store.engine import Database
 from fleetpulse.store.event_feed import EventFeed
+from fleetpulse.store.queries import StatusEvent
 from fleetpulse.store.registry_index import stop_tasks
 
 __all__ = ["HOLDING_REASONS", "Holdings", "HoldingsFollower"]
@@ -178,7 +179,7 @@ class HoldingsFollower:
                     batch = await sub.next_batch(WAIT_S)
                     if batch is None:
                         break  # closed (too far behind, or shutting down): start over
-                    agents = {e.agent_id for e in batch if e.reason in HOLDING_REASONS}
+                    agents = {e.agent_id for e in batch if self._news(e)}
                     if agents:
                         await self.reload(agents)
                     if loop.time() >= resync_at:
@@ -190,6 +191,17 @@ class HoldingsFollower:
                     await asyncio.wait_for(self._stop.wait(), WAIT_S)
             finally:
                 self.feed.unsubscribe(sub)
+
+    def _news(self, event: StatusEvent) -> bool:
+        """Whether an event may change what this process holds for its agent (a claim made
+        or released here was put in by the request that made it)."""
+        if event.reason not in HOLDING_REASONS:
+            return False
+        claim_id = (event.detail or {}).get("claim_id")
+        if claim_id is None or event.reason not in ("claim_created", "claim_released"):
+            return True
+        known = any(str(c.claim_id) == claim_id for c in self.holdings.get(event.agent_id).claims)
+        return known != (event.reason == "claim_created")
 
     async def _cleanup_loop(self) -> None:
         while True:

@@ -41,7 +41,7 @@ from fleetpulse.store import (
 __all__ = ["ClaimRoutes", "claim_of"]
 
 # Candidates asked of the capacity index, growing while the first ones are all taken.
-CANDIDATE_STEPS: Final = (64, 1024, MAX_LIMIT)
+CANDIDATE_STEPS: Final = (8, 128, 2048, MAX_LIMIT)
 # Claim transactions tried per request before answering 409 (others won those agents).
 MAX_ATTEMPTS: Final = 8
 # A string checked by pattern: a malformed id is a 400 naming claim_id, not a 404.
@@ -270,8 +270,17 @@ class ClaimRoutes(Controller):
         claim = await self._active(services, uuid.UUID(claim_id))
         return claim_of(claim, services.index.get(claim.agent_id))
 
-    async def _refresh(self, services: Services, agent_id: uuid.UUID) -> None:
-        await services.holdings_follower.reload([agent_id])
+    @staticmethod
+    def _replace(services: Services, claim: ClaimRecord, *, ended: bool) -> None:
+        """Put a renewed or ended claim into this process's holdings (no read needed; a
+        claim not known here yet arrives with its event)."""
+        holding = services.holdings.get(claim.agent_id)
+        claims = tuple(
+            claim if c.claim_id == claim.claim_id else c
+            for c in holding.claims
+            if not (ended and c.claim_id == claim.claim_id)
+        )
+        services.holdings.put(claim.agent_id, msgspec.structs.replace(holding, claims=claims))
 
     @post(
         "/{claim_id:str}/renew",
@@ -294,7 +303,7 @@ class ClaimRoutes(Controller):
                     f"claim {claim_id} has ended ({ended.end_reason or 'expired'}"
                     f" at {(ended.ended_at or ended.expires_at).isoformat()}); claim again"
                 )
-        await self._refresh(services, claim.agent_id)
+        self._replace(services, claim, ended=False)
         return claim_of(claim, services.index.get(claim.agent_id))
 
     @delete(
@@ -309,4 +318,4 @@ class ClaimRoutes(Controller):
         async with services.db.connection() as conn:
             claim = await release_claim(conn, uuid.UUID(claim_id))
         if claim is not None:
-            await self._refresh(services, claim.agent_id)
+            self._replace(services, claim, ended=True)
