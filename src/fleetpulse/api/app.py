@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -27,6 +27,8 @@ from fleetpulse.config import Settings
 
 __all__ = ["create_app"]
 
+REQUEST_BODIES: Final = frozenset({"ClaimBody", "ClaimFilter", "RenewBody", "CordonBody"})
+
 
 def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
     """The API app; its lifespan opens the database and the background readers."""
@@ -34,6 +36,7 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        _finish_openapi(app, writes_need_tokens=security is not None)
         async with open_services(settings, request_metrics) as services:
             app.state.services = services
             try:
@@ -74,7 +77,7 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
         create_examples=False,
         use_handler_docstrings=False,
     )
-    app = Litestar(
+    return Litestar(
         route_handlers=[SystemRoutes, AgentRoutes, ClaimRoutes, CordonRoutes, EventRoutes],
         lifespan=[lifespan],
         middleware=middleware,
@@ -85,14 +88,19 @@ def create_app(settings: Settings, *, debug: bool = False) -> Litestar:
         logging_config=None,
         debug=debug,
     )
-    if security is not None:
-        _writes_need_write_tokens(app)
-    return app
 
 
-def _writes_need_write_tokens(app: Litestar) -> None:
-    """In the OpenAPI document, operations that change something ask for a write token."""
-    for item in (app.openapi_schema.paths or {}).values():
+def _finish_openapi(app: Litestar, *, writes_need_tokens: bool) -> None:
+    """What the document cannot say by itself: request bodies refuse unknown fields (a
+    misspelt amount must not claim nothing), and with tokens, operations that change
+    something ask for a write token. Done once at start, before anything is served."""
+    schema = app.openapi_schema
+    for name, component in (schema.components.schemas or {}).items():
+        if name in REQUEST_BODIES:
+            component.additional_properties = False
+    if not writes_need_tokens:
+        return
+    for item in (schema.paths or {}).values():
         for method in ("post", "put", "patch", "delete"):
             operation = getattr(item, method, None)
             if operation is not None:

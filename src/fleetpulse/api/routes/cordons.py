@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from litestar import Controller, MediaType, Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from fleetpulse.api.errors import error_responses
@@ -74,6 +75,15 @@ _CORDONED = (
 )
 
 
+ALREADY: Final = {
+    200: ResponseSpec(
+        data_container=Cordon,
+        description="It already was cordoned: the reason and author replaced, the time kept.",
+        generate_examples=False,
+    )
+}
+
+
 class CordonRoutes(Controller):
     path = "/api/v1"
     tags = ["cordons"]  # noqa: RUF012 - Litestar reads it as a class attribute
@@ -100,7 +110,7 @@ class CordonRoutes(Controller):
         "/agents/{agent_id:str}/cordon",
         summary="Cordon an agent",
         description=_CORDONED,
-        responses={**error_responses(400, 401, 403, 404, 503)},
+        responses={**ALREADY, **error_responses(400, 401, 403, 404, 503)},
     )
     async def cordon_agent(
         self, request: Request[Any, Any, Any], agent_id: AgentId, data: JSONBody[CordonBody]
@@ -127,7 +137,7 @@ class CordonRoutes(Controller):
         description=_CORDONED.replace("The agent stays", "The GPU stays").replace(
             "`available-capacity` and cannot be claimed", "the claimable figures"
         ),
-        responses=error_responses(400, 401, 403, 404, 503),
+        responses={**ALREADY, **error_responses(400, 401, 403, 404, 503)},
     )
     async def cordon_gpu(
         self,
