@@ -13,9 +13,9 @@ import psycopg
 
 from fleetpulse import store
 from fleetpulse.api import create_app
+from fleetpulse.config import DatabaseSettings, Settings
 from fleetpulse.console import run_status
 from fleetpulse.console.claims import run_claims, run_cordon, run_uncordon
-from fleetpulse.config import DatabaseSettings, Settings
 from tests.fixtures.api import GpuSeed, api_settings, live_server, seed_agent
 
 CLAIMS = "/api/v1/claims"
