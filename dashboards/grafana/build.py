@@ -315,6 +315,36 @@ def fleet_overview() -> Json:
             w=8,
         ),
         panel(
+            "timeseries",
+            "VRAM by pool: free (observed), claimable and held by claims",
+            [
+                prom(
+                    f"sum by (pool) (fleetpulse_capacity_gpu_vram_free_bytes{{{pool}}})",
+                    "{{pool}} free",
+                ),
+                prom(
+                    f"sum by (pool) (fleetpulse_capacity_gpu_vram_claimable_bytes{{{pool}}})",
+                    "{{pool}} claimable",
+                ),
+                prom(
+                    f"sum by (pool) (fleetpulse_capacity_gpu_vram_held_bytes{{{pool}}})",
+                    "{{pool}} held",
+                ),
+            ],
+            unit="bytes",
+        ),
+        panel(
+            "timeseries",
+            "Active claims by holder, cordons",
+            [
+                prom("sum by (holder) (fleetpulse_claims_active) or vector(0)", "{{holder}}"),
+                prom(
+                    f"sum by (kind) (fleetpulse_cordons{{{pool}}}) or vector(0)",
+                    "cordoned {{kind}}s",
+                ),
+            ],
+        ),
+        panel(
             "table",
             "Agents",
             [
