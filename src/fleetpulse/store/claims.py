@@ -139,20 +139,20 @@ async def place_claim(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s::text))", (CLAIM_LOCK_CLASS, agent_id)
         )
         cur = await conn.execute(
-            f"SELECT {REGISTRY_COLUMNS}, clock_timestamp(),"
+            "SELECT clock_timestamp(),"
             f" (SELECT json_agg({_CLAIM_JSON}) FROM claims c WHERE c.agent_id = r.agent_id"
             "   AND c.ended_at IS NULL AND c.expires_at > clock_timestamp())::text,"
             f" (SELECT json_agg({_CORDON_JSON}) FROM cordons k"
-            "   WHERE k.agent_id = r.agent_id)::text"
-            " FROM agent_registry r WHERE r.agent_id = %s",
+            "   WHERE k.agent_id = r.agent_id)::text,"
+            f" {REGISTRY_COLUMNS} FROM agent_registry r WHERE r.agent_id = %s",
             (agent_id,),
         )
         row = await cur.fetchone()
         if row is None:
             return ClaimOutcome(record=None, holding=Holding(), result=Refusal("unknown agent"))
-        record = record_from_row(row)
-        now: datetime = row[23]
-        holding = _holding(row[24], row[25])
+        now: datetime = row[0]
+        holding = _holding(row[1], row[2])
+        record = record_from_row(row[3:])
         refusal = check(record, holding, now) if check is not None else None
         taken = refusal or fit(record, holding, ask, now)
         if isinstance(taken, Refusal):

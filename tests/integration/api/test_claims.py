@@ -408,11 +408,8 @@ async def test_rows_show_observed_held_and_claimable_and_no_claims_changes_no_by
             " WHERE agent_id = %s",
             (agent,),
         )
-        await _poll(
-            client,
-            f"/api/v1/agents/{agent}/capacity",
-            {},
-            lambda b: b["gpus"][0]["vram_free_gb"] == 24,
+        await _poll(  # the index (available-capacity) has read the heartbeat
+            client, CAP, {}, lambda b: b["items"][0]["gpus"][0]["vram_free_gb"] == 24
         )
         after = [stable((await client.get(p, params=q)).content) for p, q in paths]
     assert after == before  # released: every answer is again what it was, byte for byte
