@@ -7,29 +7,25 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from litestar.datastructures import State
 
-from fleetpulse.api.claim_metrics import render_claims
+from fleetpulse.api.claim_metrics import ClaimTotals, corrected, fleet_totals, render_claims
 from fleetpulse.api.metrics import RequestMetrics, render_fleet
 from fleetpulse.api.rows import RowCache
 from fleetpulse.config import Settings
 from fleetpulse.store import (
-    AgentRecord,
-    Allotment,
     ClaimableView,
     Database,
     EventFeed,
-    Holding,
     Holdings,
     HoldingsFollower,
     RegistryFollower,
     RegistryIndex,
-    allot,
 )
 
 __all__ = ["Services", "open_services", "services_of"]
@@ -51,9 +47,14 @@ class Services:
     holdings_follower: HoldingsFollower
     claimable: ClaimableView
     rows: RowCache = field(default_factory=RowCache)
-    fleet_metrics: bytes = b""
+    fleet_metrics: bytes = b""  # what a scrape serves: the two parts below
+    fleet_text: bytes = b""
+    claims_text: bytes = b""
+    claims_base: ClaimTotals = field(default_factory=ClaimTotals)
+    claims_version: int = -1
+    claims_valid_until: float = 0.0
     fleet_metrics_at: float = 0.0
-    fleet_metrics_version: tuple[int, int] = (-1, -1)
+    fleet_metrics_version: int = -1
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # agent -> claim decisions in progress in this process (a claim by filter tries others first)
     claims_in_flight: dict[uuid.UUID, int] = field(default_factory=dict)
@@ -65,33 +66,38 @@ class Services:
 
     async def refresh_fleet_metrics(self, *, force: bool = True) -> None:
         now = time.time()
-        version = (self.index.version, self.holdings.version)
-        unchanged = version == self.fleet_metrics_version
-        expired = self.holdings.next_expiry_ts(self.fleet_metrics_at) <= now
-        if (
-            not force
-            and unchanged
-            and not expired
-            and now - self.fleet_metrics_at < IDLE_RERENDER_S
-        ):
-            return  # nothing changed: only the heartbeat ages would move
-        records = list(self.index.records())
-        limit = self.settings.api.metrics_per_agent_limit
-        held = dict(self.holdings.items())
-        by_holder = self.holdings.held_by_holder(datetime.fromtimestamp(now, UTC))
-        # Rendering is CPU work proportional to the fleet: off the event loop.
-        text, omitted = await asyncio.to_thread(
-            render_fleet, records, now=now, per_agent_limit=limit
-        )
-        text += await asyncio.to_thread(render_claims, records, _allotments(held, now), by_holder)
-        if omitted and not self.fleet_metrics:
-            log.warning(
-                "per-agent metrics capped at %d agents (api.metrics_per_agent_limit); %d left out",
-                limit,
-                omitted,
+        version = self.index.version
+        stale = force or now - self.fleet_metrics_at >= IDLE_RERENDER_S
+        if stale or version != self.fleet_metrics_version:
+            records = list(self.index.records())
+            limit = self.settings.api.metrics_per_agent_limit
+            # Rendering is CPU work proportional to the fleet: off the event loop.
+            text, omitted = await asyncio.to_thread(
+                render_fleet, records, now=now, per_agent_limit=limit
             )
-        self.fleet_metrics, self.fleet_metrics_at = text, now
-        self.fleet_metrics_version = version
+            base = await asyncio.to_thread(fleet_totals, records)
+            if omitted and not self.fleet_text:
+                log.warning(
+                    "per-agent metrics capped at %d agents (api.metrics_per_agent_limit);"
+                    " %d left out",
+                    limit,
+                    omitted,
+                )
+            self.fleet_text, self.claims_base = text, base
+            self.fleet_metrics_at, self.fleet_metrics_version = now, version
+            self.claims_version = -1
+        if self.claims_version != self.holdings.version or now >= self.claims_valid_until:
+            # Only the agents holding something, each claimable figure from the view's cache
+            # (a claim costs no pass over the fleet); off the event loop all the same.
+            index, view, moment = self.index, self.claimable, datetime.fromtimestamp(now, UTC)
+            held = [r for a, _ in self.holdings.items() if (r := index.get(a)) is not None]
+            totals = await asyncio.to_thread(
+                corrected, self.claims_base, held, lambda r: view.allotment(r, now)
+            )
+            self.claims_text = render_claims(totals, self.holdings.held_by_holder(moment))
+            self.claims_version = self.holdings.version
+            self.claims_valid_until = self.holdings.next_expiry_ts(now)
+        self.fleet_metrics = self.fleet_text + self.claims_text
 
     async def _metrics_loop(self) -> None:
         interval = self.settings.api.metrics_refresh_interval_s
@@ -101,18 +107,6 @@ class Services:
                 await self.refresh_fleet_metrics(force=False)
             except Exception:  # a broken render must not stop the loop; the age gauge shows it
                 log.exception("fleet metrics refresh failed")
-
-
-def _allotments(
-    held: dict[uuid.UUID, Holding], now: float
-) -> Callable[[AgentRecord], Allotment | None]:
-    moment = datetime.fromtimestamp(now, UTC)
-
-    def allotment_of(record: AgentRecord) -> Allotment | None:
-        holding = held.get(record.agent_id)
-        return None if holding is None else allot(record, holding, moment)
-
-    return allotment_of
 
 
 @contextlib.asynccontextmanager
