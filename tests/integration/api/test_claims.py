@@ -599,6 +599,8 @@ async def test_cli_cordons_by_hostname_lists_claims_and_status_shows_both(
     assert "render-farm" in listed.getvalue()
     assert "0: 16" in listed.getvalue()
     assert "1 active claim(s)" in listed.getvalue()
-    assert "ws-cli" in plain.getvalue()
-    assert "ws-cli" in status.getvalue()
+    assert "cordoned" not in plain.getvalue()  # nothing held: the table as it was
+    assert "cordoned" in status.getvalue()
+    assert "GPU0 16, 2 cores" in status.getvalue()
+    assert "GPU1 by ops: fan noise" in status.getvalue()
     assert lifted == 0

@@ -17,19 +17,7 @@ from fleetpulse.api import create_app
 from fleetpulse.client import Client
 from tests.fixtures.api import GpuSeed, api_settings, live_server, seed_agent
 
-
-def _api_has_claims() -> bool:
-    from fleetpulse.config import Settings
-
-    paths = create_app(Settings()).openapi_schema.to_schema()["paths"]
-    return "/api/v1/claims" in paths
-
-
-# Checked against the claims branch (issue 13) before it landed; runs by itself once it has.
-pytestmark = [
-    pytest.mark.slow(3),
-    pytest.mark.skipif(not _api_has_claims(), reason="the API has no claims yet (issue 13)"),
-]
+pytestmark = pytest.mark.slow(3)
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "dispatch.py"
 
