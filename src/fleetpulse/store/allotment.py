@@ -215,16 +215,21 @@ def _chosen(
 
 
 def fit(
-    record: AgentRecord, holding: Holding, ask: ClaimAsk, now: datetime
+    record: AgentRecord,
+    holding: Holding,
+    ask: ClaimAsk,
+    now: datetime,
+    allotment: Allotment | None = None,
 ) -> tuple[ClaimedGpu, ...] | Refusal:
     """The GPUs (with the VRAM held on each) a claim of ``ask`` takes on this agent now, or
-    why it cannot be had."""
+    why it cannot be had. ``allotment``: ``allot(record, holding, now)`` if already known."""
     if record.status != "online":
         return Refusal(f"agent {record.agent_id} is {record.status}")
     if holding.cordon is not None:
         c = holding.cordon
         return Refusal(f"agent {record.agent_id} is cordoned by {c.by}: {c.reason}")
-    allotment = allot(record, holding, now)
+    if allotment is None:
+        allotment = allot(record, holding, now)
     if ask.cpu_cores > allotment.cpu_claimable_cores:
         return Refusal(
             f"{ask.cpu_cores} cores asked, {allotment.cpu_claimable_cores} claimable"

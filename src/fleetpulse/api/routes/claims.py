@@ -142,7 +142,8 @@ class ClaimRoutes(Controller):
 
     async def _by_filter(self, services: Services, body: ClaimBody, ask: ClaimAsk) -> Claim:
         query = _filter(body, ask, CANDIDATE_STEPS[0])
-        now = datetime.now(UTC)
+        clock = time.time()
+        now = datetime.fromtimestamp(clock, UTC)
         attempts = matched = 0
         first: Refusal | None = None
         busy = services.claims_in_flight
@@ -152,7 +153,9 @@ class ClaimRoutes(Controller):
             record = services.index.get(agent_id)
             if record is None:  # pragma: no cover - the index answered with it
                 continue
-            local = fit(record, services.holdings.get(agent_id), ask, now)
+            # this process's view first (claimable figures cached per record and holding)
+            allotment = services.claimable.allotment(record, clock)
+            local = fit(record, services.holdings.get(agent_id), ask, now, allotment)
             if isinstance(local, Refusal):
                 first = first or local
                 continue
