@@ -281,6 +281,16 @@ async def test_cordons_take_agents_and_gpus_out_and_survive_restarts(conn, clien
     # a fresh process (a restart) still knows the cordon; then lift it and cordon one GPU
     async with client_for() as client:
         still = (await client.get(CAP)).json()
+        # a heartbeat rewrites the registry row; the cordon is not part of it
+        conn.execute(
+            "UPDATE agent_registry SET cpu_available_cores = 15, last_heartbeat_at ="
+            " clock_timestamp(), updated_at = clock_timestamp() WHERE agent_id = %s",
+            (agent,),
+        )
+        beaten = await _poll(
+            client, f"/api/v1/agents/{agent}", {}, lambda b: b["cpu_available_cores"] == 15
+        )
+        after_beat = (await client.get(CAP)).json()
         lifted = await client.delete(cordon)
         lifted_again = await client.delete(cordon)
         gpu = await client.post(gpu0, json=body)
@@ -291,6 +301,9 @@ async def test_cordons_take_agents_and_gpus_out_and_survive_restarts(conn, clien
         no_reason = await client.post(cordon, json={"by": "x"})
         gpu_lifted = await client.delete(gpu0)
     assert [r["hostname"] for r in still["items"]] == ["other"]
+    assert beaten["schedulable"] is False
+    assert beaten["cordon"]["reason"] == "still the fan"
+    assert [r["hostname"] for r in after_beat["items"]] == ["other"]
     assert lifted.status_code == lifted_again.status_code == 204
     assert gpu.status_code == 201
     assert gpu.json()["gpu_uuid"] == _gpu_uuid(agent, 0)
