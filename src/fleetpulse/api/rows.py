@@ -9,6 +9,7 @@ answer is joined from those pieces in one copy. The result is byte-for-byte a
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Final
 
@@ -28,11 +29,27 @@ MAX_LIST_ROWS: Final = 20_000  # rows in them, at most
 _Entry = tuple[AgentRecord, float | None, bytes, float | None, Allotment | None]
 
 
+@functools.cache
+def _defaults(kind: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
+    """The fields ``kind`` leaves out of its JSON when they hold their default."""
+    if not kind.__struct_config__.omit_defaults:
+        return ()
+    return tuple(
+        (f.name, f.default)
+        for f in msgspec.structs.fields(kind)
+        if f.default is not msgspec.NODEFAULT
+    )
+
+
 def encode_without(struct: msgspec.Struct, name: str) -> bytes:
     """``struct`` as JSON without its field ``name``, the others in their declared order
-    (the very bytes its own encoding has for them, wherever ``name`` is declared)."""
+    (the very bytes its own encoding has for them, wherever ``name`` is declared; fields it
+    omits at their defaults stay omitted)."""
     fields = msgspec.structs.asdict(struct)
     del fields[name]
+    for field, default in _defaults(type(struct)):
+        if field in fields and fields[field] == default:
+            del fields[field]
     return _encoder.encode(fields)
 
 

@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         allot as allot,
         fit as fit,
     )
+    from fleetpulse.store.capacity import (
+        CapacityFilter as CapacityFilter,
+        CapacityMatch as CapacityMatch,
+        matching_gpus as matching_gpus,
+    )
     from fleetpulse.store.claimable import (
         ClaimableView as ClaimableView,
         claimable_gpus as claimable_gpus,
@@ -33,11 +38,6 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         remove_cordon as remove_cordon,
         renew_claim as renew_claim,
         set_cordon as set_cordon,
-    )
-    from fleetpulse.store.capacity import (
-        CapacityFilter as CapacityFilter,
-        CapacityMatch as CapacityMatch,
-        matching_gpus as matching_gpus,
     )
     from fleetpulse.store.engine import (
         RETRYABLE_DB_ERRORS as RETRYABLE_DB_ERRORS,

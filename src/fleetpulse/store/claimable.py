@@ -24,9 +24,9 @@ from typing import Final
 import msgspec
 
 from fleetpulse.store.allotment import Allotment, Holding, allot
+from fleetpulse.store.capacity import CapacityFilter, CapacityMatch
 from fleetpulse.store.holdings import Holdings
 from fleetpulse.store.queries import AgentRecord
-from fleetpulse.store.capacity import CapacityFilter, CapacityMatch
 from fleetpulse.store.registry_index import RegistryIndex
 
 __all__ = ["ClaimableView", "claimable_gpus"]

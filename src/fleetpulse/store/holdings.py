@@ -11,7 +11,6 @@ ended, each with a ``claim_expired`` event, and ended claims are deleted after
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
@@ -21,6 +20,7 @@ from datetime import datetime
 from typing import Final, Self
 
 from fleetpulse.errors import FleetpulseError
+from fleetpulse.lifecycle import stop_tasks, wait_or_stop
 from fleetpulse.store.allotment import Holding
 from fleetpulse.store.claims import (
     CLAIM_REASONS,
@@ -32,7 +32,6 @@ from fleetpulse.store.claims import (
 from fleetpulse.store.engine import Database
 from fleetpulse.store.event_feed import EventFeed
 from fleetpulse.store.queries import StatusEvent
-from fleetpulse.store.registry_index import stop_tasks
 
 __all__ = ["HOLDING_REASONS", "Holdings", "HoldingsFollower"]
 
@@ -187,8 +186,7 @@ class HoldingsFollower:
                         resync_at = loop.time() + self.resync_interval_s
             except FleetpulseError as exc:
                 log.warning("holdings follower: %s; retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), WAIT_S)
+                await wait_or_stop(self._stop, WAIT_S)
             finally:
                 self.feed.unsubscribe(sub)
 
@@ -204,11 +202,7 @@ class HoldingsFollower:
         return known != (event.reason == "claim_created")
 
     async def _cleanup_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.cleanup_interval_s)
-            if self._stop.is_set():
-                return
+        while not await wait_or_stop(self._stop, self.cleanup_interval_s):
             try:
                 await self.cleanup()
             except FleetpulseError as exc:
