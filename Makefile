@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 3
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: bootstrap services up test test-unit check lint format bench mutate lock clean-db
+.PHONY: bootstrap services up test test-unit test-cluster cluster cluster-down check lint format bench mutate lock clean-db
 
 bootstrap:  ## Python toolchain and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -19,6 +19,15 @@ up: bootstrap services  ## the whole system on this machine
 
 test: bootstrap services  ## the whole suite against real services, with line coverage
 	$(RUN) pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
+
+cluster: services  ## three more RabbitMQ nodes in one cluster on :5701-5703 (idempotent)
+	@bash scripts/cluster.sh up
+
+cluster-down:  ## stop the three cluster nodes and remove their data
+	@bash scripts/cluster.sh down
+
+test-cluster: bootstrap services cluster  ## faults on the three-node cluster (a few minutes)
+	FLEETPULSE_CLUSTER_TESTS=1 $(RUN) pytest tests/cluster $(PYTEST_ARGS)
 
 test-unit: bootstrap
 	$(RUN) pytest tests/unit $(PYTEST_ARGS)

@@ -34,6 +34,10 @@ TABLES = (
 )
 RUN_ID = uuid.uuid4().hex[:8]
 
+# tests/cluster need the three-node cluster of scripts/cluster.sh and take minutes: only
+# `make test-cluster` (which starts that cluster) collects them.
+collect_ignore = [] if os.environ.get("FLEETPULSE_CLUSTER_TESTS") else ["cluster"]
+
 # Every test process, and every process a test starts (ingest, API, agents, kernels), imports
 # the same few thousand modules. With PYTHONDONTWRITEBYTECODE set (common in containers) each
 # of them compiled every module from source again: a third of the suite's CPU time. Caches go

@@ -111,3 +111,25 @@ def test_mounted_paths_exist_in_the_repo(compose: dict[str, Any]) -> None:
             path = (ROOT / source).resolve()
             assert path.is_relative_to(ROOT), f"{name} mounts {source} outside the repo"
             assert path.exists(), f"{name} mounts missing {source}"
+
+
+def test_the_cluster_profile_has_three_broker_nodes_that_find_each_other(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    nodes = sorted(name for name, s in services.items() if "cluster" in s.get("profiles", []))
+    assert nodes == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    cookies = {services[n]["environment"]["RABBITMQ_ERLANG_COOKIE"] for n in nodes}
+    assert len(cookies) == 1  # one cookie, or the nodes cannot talk
+    conf_path = ROOT / "deploy/rabbitmq-cluster/rabbitmq.conf"
+    conf = conf_path.read_text(encoding="utf-8")
+    for node in nodes:
+        assert services[node]["hostname"] == node
+        assert f"rabbit@{node}" in conf
+        assert str(conf_path) in _bind_sources(services[node])
+        assert "healthcheck" in services[node]
+    assert "cluster_partition_handling = pause_minority" in conf
+    assert "rabbitmq" in services  # the default single node stays the default
+    assert "profiles" not in services["rabbitmq"]
+    for name in ("ingest", "api", "simulate"):
+        assert "FLEETPULSE_AMQP_URLS" in services[name]["environment"]
