@@ -34,6 +34,7 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
+AmqpUrl = Annotated[str, msgspec.Meta(pattern="^amqps?://")]
 
 DEFAULT_CONFIG_FILE: Final = "fleetpulse.toml"
 _HOURS: Final = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"  # HH:MM-HH:MM, local time
@@ -55,12 +56,19 @@ def mask_url(url: str) -> str:
 class AmqpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
     """Broker URL the agent publishes to and ingest consumes from."""
+    urls: list[AmqpUrl] = []
+    """Cluster nodes used instead of `url`: start on a random one, move to the next on loss."""
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     """RabbitMQ management API, used by `fleetpulse admin agent-credentials`."""
 
+    def broker_urls(self) -> list[str]:
+        """The broker URLs to use: ``urls`` when given, else the single ``url``."""
+        return list(self.urls) if self.urls else [self.url]
+
     def __repr__(self) -> str:
+        urls = f", urls={[mask_url(u) for u in self.urls]!r}" if self.urls else ""
         return (
-            f"AmqpSettings(url={mask_url(self.url)!r}, "
+            f"AmqpSettings(url={mask_url(self.url)!r}{urls}, "
             f"management_url={mask_url(self.management_url)!r})"
         )
 
@@ -252,9 +260,11 @@ def _is_list(field_type: Any) -> bool:
 
 
 def _shown(name: str, value: Any) -> str:
-    secret = name in {"url", "management_url", "auth_tokens", "write_tokens"}
+    secret = name in {"url", "urls", "management_url", "auth_tokens", "write_tokens"}
     if secret and isinstance(value, str):
         return repr(mask_url(value))
+    if name == "urls" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return repr([mask_url(v) for v in value])  # URLs show, their passwords do not
     if secret:
         return "<masked>"
     return repr(value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fleetpulse.config import Settings, load_settings, mask_url
+from fleetpulse.config import AmqpSettings, Settings, load_settings, mask_url
 from fleetpulse.errors import ConfigError
 
 
@@ -149,3 +149,23 @@ def test_readme_settings_table_is_generated_from_the_field_docstrings() -> None:
     for section in msgspec.structs.fields(Settings):
         for field in msgspec.structs.fields(section.type):
             assert f"| `{section.name}.{field.name}` |" in readme
+
+
+def test_several_broker_urls_from_environment_and_file(tmp_path: Path) -> None:
+    env = {"FLEETPULSE_AMQP_URLS": "amqp://u:pw1@n1:5672/, amqp://u:pw1@n2:5672/"}
+    s = load_settings(environ=env)
+    assert s.amqp.broker_urls() == ["amqp://u:pw1@n1:5672/", "amqp://u:pw1@n2:5672/"]
+    assert "pw1" not in repr(s.amqp)
+    assert load_settings(environ={}).amqp.broker_urls() == [AmqpSettings().url]  # single url
+    file = tmp_path / "cluster.toml"
+    file.write_text('[amqp]\nurls = ["amqp://n1/", "amqps://n2/"]\n', encoding="utf-8")
+    assert load_settings(file, environ={}).amqp.broker_urls() == ["amqp://n1/", "amqps://n2/"]
+
+
+def test_a_broker_url_that_is_not_amqp_names_the_setting_masked() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"FLEETPULSE_AMQP_URLS": "amqp://n1/,http://u:pw2@n2/"})
+    line = str(info.value)
+    assert "amqp.urls" in line
+    assert "FLEETPULSE_AMQP_URLS" in line
+    assert "pw2" not in line

@@ -10,8 +10,9 @@ Design (outages lose nothing):
   entries the broker confirmed. Batches go out in spool order (aiormq serialises
   publishes on a channel behind a FIFO lock), so spooled samples precede live ones.
 * A lost connection, a refused connect or a confirm that does not come within
-  ``confirm_timeout_s`` closes the connection; the loop waits a capped, fully jittered
-  exponential backoff and reconnects. Entries not confirmed stay in the spool and go
+  ``confirm_timeout_s`` closes the connection; the loop moves to the next broker URL
+  (with several, the nodes of a cluster; the first is picked at random), waits a capped,
+  fully jittered exponential backoff and reconnects. Entries not confirmed stay in the spool and go
   again (at-least-once; ingest stores a replay once, keyed on ``(agent_id, sampled_at)``).
 * A message the broker returns as unroutable (no queue bound yet: ingest never ran)
   stays in the spool too, and is retried after a backoff on the same connection.
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -37,6 +38,7 @@ from aio_pika.abc import AbstractExchange
 from fleetpulse.agent.heartbeat import restamp
 from fleetpulse.agent.spool import Spool
 from fleetpulse.broker import AMQP_CONNECTION_ERRORS
+from fleetpulse.brokers import BrokerUrls
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import MessageError
 from fleetpulse.lifecycle import Backoff
@@ -64,7 +66,7 @@ class _Unroutable(Exception):
 class Publisher:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         spool: Spool,
         *,
         now: Callable[[], datetime],
@@ -76,8 +78,7 @@ class Publisher:
         prepare: Prepare = restamp,
         rng: random.Random | None = None,
     ) -> None:
-        self.url = url
-        self.user = unquote(urlsplit(url).username or "guest")
+        self.brokers = BrokerUrls(url, rng=rng)
         self._spool = spool
         self._now = now
         self._backoff = Backoff(reconnect_initial_s, reconnect_max_s, rng=rng)
@@ -107,10 +108,11 @@ class Publisher:
         now: Callable[[], datetime],
         batch_size: int = BATCH_SIZE,
     ) -> Self:
-        """A publisher to ``[amqp] url`` with the ``[agent]`` reconnect and timeout settings."""
+        """A publisher to ``[amqp] urls`` (else ``url``) with the ``[agent]`` reconnect and
+        timeout settings."""
         agent = settings.agent
         return cls(
-            settings.amqp.url,
+            settings.amqp.broker_urls(),
             spool,
             now=now,
             reconnect_initial_s=agent.reconnect_initial_s,
@@ -119,6 +121,16 @@ class Publisher:
             confirm_timeout_s=agent.confirm_timeout_s,
             batch_size=batch_size,
         )
+
+    @property
+    def url(self) -> str:
+        """The broker URL of the current (or next) connection."""
+        return self.brokers.current
+
+    @property
+    def user(self) -> str:
+        """The broker user of that URL: every message's ``user_id``."""
+        return unquote(urlsplit(self.url).username or "guest")
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name="fleetpulse-publisher")
@@ -201,6 +213,7 @@ class Publisher:
                 else:
                     log.debug("broker still unreachable (%s)", reason)
                 self._failing = True
+                self.brokers.advance()
             except Exception:  # a bug must not stop delivery for good: log it, reconnect
                 log.exception("publisher failed unexpectedly; reconnecting")
             self.connected.clear()

@@ -22,6 +22,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
+from fleetpulse.brokers import BrokerUrls
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session
@@ -74,6 +75,7 @@ class Ingest:
         self.name = name or f"fleetpulse-ingest-{uuid.uuid4().hex[:8]}"
         self.state: Literal["new", "running", "stopping", "closed"] = "new"
         self.db = Database(settings.database)
+        self.brokers = BrokerUrls(settings.amqp.broker_urls())
         self.queue_type: str | None = None
         self.sessions_started = 0
         self.consuming = asyncio.Event()
@@ -165,10 +167,11 @@ class Ingest:
                 if self._stop.is_set():
                     break
                 log.warning(
-                    "broker connection to %s lost (%s: %s); reconnecting",
-                    mask_url(self.settings.amqp.url),
+                    "broker connection to %s lost (%s: %s); reconnecting%s",
+                    mask_url(self.brokers.current),
                     type(exc).__name__,
                     exc,
+                    f" to {mask_url(self.brokers.advance())}" if len(self.brokers) > 1 else "",
                 )
                 await backoff.wait(self._stop)
         self.consuming.clear()
@@ -184,7 +187,7 @@ class Ingest:
 
     async def _run_session(self, backoff: Backoff) -> None:
         connection = await aiormq.connect(
-            self.settings.amqp.url, client_properties={"connection_name": self.name}
+            self.brokers.current, client_properties={"connection_name": self.name}
         )
         try:
             self.queue_type = await declare_topology(connection)
@@ -201,7 +204,13 @@ class Ingest:
             self.sessions_started += 1
             self.consuming.set()
             backoff.reset()
-            log.info("ingest %s consuming %s (%s queue)", self.name, INGEST_QUEUE, self.queue_type)
+            log.info(
+                "ingest %s consuming %s (%s queue) at %s",
+                self.name,
+                INGEST_QUEUE,
+                self.queue_type,
+                mask_url(self.brokers.current),
+            )
             await self._batch_loop(session)
         finally:
             with contextlib.suppress(*AMQP_CONNECTION_ERRORS, RuntimeError):

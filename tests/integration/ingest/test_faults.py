@@ -323,7 +323,9 @@ async def test_topology_quorum_queue_with_dead_letter_exchange(
     queue = rabbit_admin.queue(amqp_vhost, INGEST_QUEUE)
     assert queue["type"] == "quorum"
     assert queue["arguments"]["x-dead-letter-exchange"] == "fleetpulse.dead"
-    assert rabbit_admin.queue(amqp_vhost, DEAD_LETTER_QUEUE)["durable"] is True
+    dead = rabbit_admin.queue(amqp_vhost, DEAD_LETTER_QUEUE)
+    assert dead["durable"] is True
+    assert dead["type"] == "quorum"  # on a cluster, replicated like the ingest queue
     vh = quote(amqp_vhost, safe="")
     bindings = rabbit_admin.client.get(f"/api/queues/{vh}/{INGEST_QUEUE}/bindings").json()
     assert any(
@@ -339,10 +341,12 @@ async def test_topology_falls_back_to_an_existing_classic_queue(
     try:
         channel = await connection.channel()
         await channel.queue_declare(INGEST_QUEUE, durable=True)
+        await channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)  # as older ingests made it
         assert await declare_topology(connection) == "classic"
     finally:
         await connection.close()
     assert rabbit_admin.queue(amqp_vhost, INGEST_QUEUE)["type"] == "classic"
+    assert rabbit_admin.queue(amqp_vhost, DEAD_LETTER_QUEUE)["type"] == "classic"
 
 
 async def test_retention_drops_old_chunks_from_the_detector(db_url: str, amqp_url: str) -> None:

@@ -1,0 +1,41 @@
+"""Several broker URLs (the nodes of one RabbitMQ cluster): start on a random one, move on.
+
+Agents, ``simulate`` and ingest hold a :class:`BrokerUrls` and ask it for the URL of their
+next connection attempt: a fleet spreads over the nodes at start (each process picks a
+random first node) and a process whose connection is lost or refused moves to the next
+node in the list before its (capped, jittered) backoff, so it is back within one backoff
+when another node serves. One URL behaves exactly as before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+__all__ = ["BrokerUrls"]
+
+
+class BrokerUrls:
+    """A ring of broker URLs; ``current`` is the one to connect to, ``advance()`` moves on."""
+
+    def __init__(self, urls: str | Sequence[str], *, rng: random.Random | None = None) -> None:
+        listed = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not listed:
+            raise ValueError("at least one broker URL is needed")
+        self.urls: tuple[str, ...] = listed
+        self.index = (rng or random.Random()).randrange(len(listed))
+        self.moves = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self.index]
+
+    def advance(self) -> str:
+        """The next URL in the ring (the same one when there is only one)."""
+        if len(self.urls) > 1:
+            self.index = (self.index + 1) % len(self.urls)
+            self.moves += 1
+        return self.current
+
+    def __len__(self) -> int:
+        return len(self.urls)
