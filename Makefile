@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 3
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: bootstrap services up test test-unit test-cluster cluster cluster-down check lint format bench mutate lock clean-db
+.PHONY: bootstrap services up test test-unit test-cluster cluster cluster-down check lint format bench soak mutate lock clean-db
 
 bootstrap:  ## Python toolchain and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -45,8 +45,11 @@ format:
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-bench: bootstrap services  ## every benchmark; each prints JSON
-	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+bench: bootstrap services  ## every benchmark but the soak; each prints JSON
+	@for b in bench/*.py; do [[ $$b == bench/soak.py ]] && continue; echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+soak: bootstrap services  ## 100k agents at 30 s for 10 minutes (SOAK_ARGS="--agents 20000 --minutes 2")
+	$(RUN) python bench/soak.py $(SOAK_ARGS)
 
 mutate: bootstrap  ## mutation testing of the pure core, per module (slow; not in test or CI)
 	$(RUN) python mutation/run.py $(MUTATE_ARGS)
