@@ -403,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"delay = function() return {args.client_delay_ms} end\n"
             )
             brokers = broker_pids(management)
+            storage_before = storage(db)
             result["minutes"] = [
                 minute_of(
                     m,
@@ -419,7 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for m in range(args.minutes)
             ]
-            result["summary"] = summary(result["minutes"], db, args)
+            result["summary"] = summary(result["minutes"], db, args, storage_before)
             db.close()
         finally:
             for _name, child in children.items():
@@ -556,8 +557,21 @@ def minute_of(
     return minute
 
 
+def storage(db: psycopg.Connection[Any]) -> tuple[int, int, int]:
+    """(samples stored, bytes of agent_samples, bytes of gpu_samples), indexes included."""
+    row = db.execute(
+        "SELECT (SELECT count(*) FROM agent_samples),"
+        " hypertable_size('agent_samples'), hypertable_size('gpu_samples')"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1] or 0), int(row[2] or 0)
+
+
 def summary(
-    minutes: list[dict[str, Any]], db: psycopg.Connection[Any], args: argparse.Namespace
+    minutes: list[dict[str, Any]],
+    db: psycopg.Connection[Any],
+    args: argparse.Namespace,
+    storage_before: tuple[int, int, int],
 ) -> dict[str, Any]:
     steady = [m for m in minutes if not m["warm_up"]] or minutes
     first, last = steady[0], steady[-1]
@@ -572,12 +586,11 @@ def summary(
     offline = db.execute(
         "SELECT count(*) FROM agent_status_events WHERE to_status = 'offline'"
     ).fetchone()
-    rows = db.execute("SELECT count(*) FROM agent_samples").fetchone()
-    size = db.execute(
-        "SELECT hypertable_size('agent_samples'), hypertable_size('gpu_samples')"
-    ).fetchone()
-    samples = rows[0] if rows else 0
-    bytes_per_sample = round((size[0] + size[1]) / samples) if size and samples else None
+    # bytes per sample from what the soak itself added (a table's fixed overhead excluded)
+    after = storage(db)
+    samples = after[0] - storage_before[0]
+    grown = (after[1] - storage_before[1], after[2] - storage_before[2])
+    bytes_per_sample = round(sum(grown) / samples) if samples > 0 else None
     try:
         db.execute("ALTER TABLE agent_samples SET (timescaledb.compress)")
         compression = "available (not measured here)"
@@ -603,10 +616,11 @@ def summary(
             "no_offline_event": (offline[0] if offline else 1) == 0,
         },
         "bytes_per_sample": bytes_per_sample,
+        "bytes_per_sample_agent_gpu": [round(g / samples) for g in grown] if samples > 0 else None,
         "bytes_per_agent_day": round(bytes_per_sample * 86_400 / args.interval)
         if bytes_per_sample
         else None,
-        "samples_stored": samples,
+        "samples_stored": after[0],
         "compression": compression,
         "busiest_process": max(
             last["processes"].items(), key=lambda kv: kv[1].get("cpu_cores", 0.0)
