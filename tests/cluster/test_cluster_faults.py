@@ -57,7 +57,8 @@ INTERVAL_S = 2.0
 SIMULATORS = 3
 AGENTS_PER_SIMULATOR = 100
 REAL_AGENTS = 3
-RECOVERY_BAR_S = 30.0  # ingest must consume again, and every agent be heard, within this
+CONSUME_BAR_S = 10.0  # after the leader's node dies, ingest consumes again within this
+RECOVERY_WAIT_S = 90.0  # how long to wait for every agent to be heard again (a loaded box)
 OUTAGE_S = 5.0  # both nodes down this long before they restart
 QUERIES = [
     {},
@@ -270,7 +271,7 @@ def test_node_and_ingest_faults_lose_nothing_and_mark_nobody_offline(
         t0 = time.monotonic()
         new_leader = wait_for(
             lambda: (n := cluster.leader(vhost, INGEST_QUEUE)) not in (None, leader) and n,
-            RECOVERY_BAR_S,
+            CONSUME_BAR_S,
             "a new queue leader",
         )
         figures["kill_leader"] = {
@@ -278,7 +279,7 @@ def test_node_and_ingest_faults_lose_nothing_and_mark_nobody_offline(
             "new_leader": new_leader,
             "new_leader_s": round(time.monotonic() - t0, 2),
         }
-        wait_for(lambda: heard_since(db, killed_at) == fleet_size, RECOVERY_BAR_S, "every agent")
+        wait_for(lambda: heard_since(db, killed_at) == fleet_size, RECOVERY_WAIT_S, "every agent")
         figures["kill_leader"]["every_agent_heard_s"] = round(time.monotonic() - t0, 2)
         figures["kill_leader"]["first_consumed_s"] = round(
             first_received_after(db, killed_at) or -1, 2
@@ -303,7 +304,7 @@ def test_node_and_ingest_faults_lose_nothing_and_mark_nobody_offline(
         wait_for(lambda: cluster.alive() == list(NODES), 60, "three nodes again")
         wait_for(
             lambda: heard_since(db, restart_at) == fleet_size,
-            RECOVERY_BAR_S + 20,
+            RECOVERY_WAIT_S,
             "every agent after the restart",
             every_s=0.25,
         )
@@ -338,7 +339,7 @@ def test_node_and_ingest_faults_lose_nothing_and_mark_nobody_offline(
         figures["kill_ingest"] = {"lead_moved_s": round(time.monotonic() - t0, 2)}
         wait_for(
             lambda: heard_since(db, ingest_killed_at) == fleet_size,
-            RECOVERY_BAR_S,
+            RECOVERY_WAIT_S,
             "every agent through the other ingest",
         )
         figures["kill_ingest"]["every_agent_heard_s"] = round(time.monotonic() - t0, 2)
@@ -423,7 +424,7 @@ def test_node_and_ingest_faults_lose_nothing_and_mark_nobody_offline(
         assert real["stored"] == real["sent"]
         assert figures["false_offline_events"] == 0
         assert len(answers[0]) == min(100, AGENTS_PER_SIMULATOR * SIMULATORS)
-        assert figures["kill_leader"]["first_consumed_s"] < RECOVERY_BAR_S
+        assert 0 <= figures["kill_leader"]["first_consumed_s"] < CONSUME_BAR_S
         assert sims.moves >= 1  # the simulator on the killed node moved
     finally:
         if sims.thread.is_alive():
