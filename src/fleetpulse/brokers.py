@@ -23,7 +23,8 @@ class BrokerUrls:
         if not listed:
             raise ValueError("at least one broker URL is needed")
         self.urls: tuple[str, ...] = listed
-        self.index = (rng or random.Random()).randrange(len(listed))
+        # one URL draws nothing: a caller's seeded rng (shared with a backoff) stays as it was
+        self.index = (rng or random.Random()).randrange(len(listed)) if len(listed) > 1 else 0
         self.moves = 0
 
     @property
