@@ -37,8 +37,7 @@ from aio_pika.abc import AbstractExchange
 
 from fleetpulse.agent.heartbeat import restamp
 from fleetpulse.agent.spool import Spool
-from fleetpulse.broker import AMQP_CONNECTION_ERRORS
-from fleetpulse.brokers import BrokerUrls
+from fleetpulse.broker import AMQP_CONNECTION_ERRORS, BrokerUrls
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import MessageError
 from fleetpulse.lifecycle import Backoff

@@ -22,7 +22,7 @@ import aiormq
 import aiormq.abc
 from pamqp.commands import Basic
 
-from fleetpulse.brokers import BrokerUrls
+from fleetpulse.broker import BrokerUrls
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session

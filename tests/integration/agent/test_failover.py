@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from fleetpulse.agent import Agent, FakeClock, FakeHostCollector
-from fleetpulse.brokers import BrokerUrls
+from fleetpulse.broker import BrokerUrls
 from fleetpulse.config import AmqpSettings
 from tests.fixtures.agent import Inbox, agent_settings, eventually, running, via_port
 from tests.fixtures.ingest import heartbeat, publish, running_ingest, scalar, settings_for
