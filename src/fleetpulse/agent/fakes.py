@@ -28,6 +28,11 @@ class FakeClock:
     def now(self) -> datetime:
         return self._wall0 + timedelta(seconds=self._mono - self._mono0)
 
+    def __call__(self) -> datetime:
+        """The wall time: the clock also serves where a ``Callable[[], datetime]`` is
+        asked for (ingest, the silence detector)."""
+        return self.now()
+
     def monotonic(self) -> float:
         return self._mono
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from fleetpulse.agent import FakeClock
 from fleetpulse.config import AmqpSettings
 from fleetpulse.ingest import (
     IngestMetrics,
@@ -24,7 +25,6 @@ from fleetpulse.ingest import (
 from fleetpulse.messages import DEAD_LETTER_QUEUE, INGEST_QUEUE
 from tests.fixtures.ingest import (
     T0,
-    FakeClock,
     heartbeat,
     publish,
     query,
@@ -76,7 +76,7 @@ async def test_late_sample_does_not_regress_registry(
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (_, rec, _d):
         await publish(amqp_url, [newest])
         await wait_until(lambda: rec.heartbeats == 1)
-        clock.advance(5)
+        clock.advance_nowait(5)
         await publish(amqp_url, [late])
         await wait_until(lambda: rec.heartbeats == 2)
     row = query(
@@ -85,7 +85,7 @@ async def test_late_sample_does_not_regress_registry(
         " resource_metrics->>'mem_available_gb', last_heartbeat_at FROM agent_registry",
     )[0]
     assert row[:5] == (10, T0 + timedelta(seconds=10), "new-name", 10.0, "10.0")
-    assert row[5] == clock.now  # it was still received: liveness moves on
+    assert row[5] == clock.now()  # it was still received: liveness moves on
     assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 2
 
 
@@ -364,7 +364,9 @@ async def test_retention_drops_old_chunks_from_the_detector(db_url: str, amqp_ur
             )
     keep_days = (datetime.now(UTC) - old).days - 7
     settings = settings_for(db_url, amqp_url, retention_days=float(keep_days))
-    detector = SilenceDetector(settings, metrics=IngestMetrics(), clock=FakeClock())
+    detector = SilenceDetector(
+        settings, metrics=IngestMetrics(), clock=FakeClock(start=datetime.now(UTC))
+    )
     try:
         assert await detector.tick() == 0
         assert detector.is_leader
@@ -443,8 +445,8 @@ async def test_a_sweep_deadlocked_with_a_writer_keeps_the_lead_and_retries_its_r
     """The sweep waits for rows a batch holds (it no longer skips them); when that crosses
     with the batch's own order, PostgreSQL rolls the sweep back: the detector keeps acting
     and the next tick marks the agents."""
-    clock = FakeClock()
-    heard = clock.now - timedelta(seconds=100)
+    clock = FakeClock(start=datetime.now(UTC))
+    heard = clock.now() - timedelta(seconds=100)
     first, second = uuid.uuid4(), uuid.uuid4()
     with psycopg.connect(db_url, autocommit=True) as conn:
         for n, agent in enumerate((first, second)):  # in this physical order

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from fleetpulse.agent import FakeClock
 from fleetpulse.ingest import IngestMetrics, SilenceDetector
 from fleetpulse.messages import INGEST_QUEUE
 from tests.fixtures.ingest import (
     T0,
-    FakeClock,
     heartbeat,
     instant_sleep,
     publish,
@@ -146,9 +146,8 @@ async def test_detector_failover_when_leader_process_dies(
             proc.kill()
             await asyncio.to_thread(proc.wait, 10)
             await wait_until(lambda: survivor.is_leader, timeout_s=10, what="failover")
-            clock.now = scalar(db_url, "SELECT last_heartbeat_at FROM agent_registry") + timedelta(
-                seconds=6
-            )
+            heard = scalar(db_url, "SELECT last_heartbeat_at FROM agent_registry")
+            clock.advance_nowait((heard + timedelta(seconds=6) - clock.now()).total_seconds())
             await wait_until(lambda: survivor.transitions == 1)
             assert metrics.detector_leader._value.get() == 1
     finally:

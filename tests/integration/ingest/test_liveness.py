@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
+from fleetpulse.agent import FakeClock
 from tests.fixtures.ingest import (
     PROFILES,
-    FakeClock,
     goodbye,
     heartbeat,
     publish,
@@ -51,13 +51,13 @@ async def test_agent_offline_after_90s_no_heartbeat(
     async with running_ingest(settings, clock=clock, detector=True) as (_, rec, det):
         await publish(amqp_url, [heartbeat(agent, 1)])
         await wait_until(lambda: rec.heartbeats == 1)
-        clock.advance(90.5)
+        clock.advance_nowait(90.5)
         await wait_until(lambda: status(db_url, agent) == "offline", what="silence")
         assert det is not None
         # The sweep's commit is visible before the detector counts what it marked.
         await wait_until(lambda: det.transitions == 1, what="the detector's count")
     row = query(db_url, "SELECT status_changed_at FROM agent_registry")[0]
-    assert row[0] == clock.now
+    assert row[0] == clock.now()
     assert events(db_url, agent)[-1] == ("online", "offline", "silence")
 
 
@@ -72,11 +72,11 @@ async def test_offline_detection_periodic_check(
         assert det is not None
         await publish(amqp_url, [heartbeat(agent, 1)])
         await wait_until(lambda: rec.heartbeats == 1)
-        clock.advance(89)
+        clock.advance_nowait(89)
         runs = det.runs
         await wait_until(lambda: det.runs >= runs + 5, what="five sweeps")
         assert status(db_url, agent) == "online"
-        clock.advance(2)
+        clock.advance_nowait(2)
         await wait_until(lambda: det.transitions == 1, what="silence")
         assert ingest.metrics.detector_runs._value.get() >= runs + 5
         assert ingest.metrics.detector_transitions.labels("offline")._value.get() == 1
@@ -94,10 +94,10 @@ async def test_offline_agent_excluded_from_capacity_queries(
         await publish(amqp_url, [heartbeat(quiet, 1), heartbeat(chatty, 1)])
         await wait_until(lambda: rec.heartbeats == 2)
         assert len(query(db_url, CAPACITY, 0, 0)) == 2
-        clock.advance(45)
+        clock.advance_nowait(45)
         await publish(amqp_url, [heartbeat(chatty, 2)])
         await wait_until(lambda: rec.heartbeats == 3)
-        clock.advance(20)  # quiet: 65 s silent, chatty: 20 s
+        clock.advance_nowait(20)  # quiet: 65 s silent, chatty: 20 s
         await wait_until(lambda: status(db_url, quiet) == "offline")
         assert query(db_url, CAPACITY, 0, 0) == [(chatty,)]
     assert status(db_url, chatty) == "online"
@@ -111,12 +111,12 @@ async def test_agent_comes_back_online_on_new_heartbeat(
     async with running_ingest(settings, clock=clock, detector=True) as (_, rec, _d):
         await publish(amqp_url, [heartbeat(agent, 1)])
         await wait_until(lambda: rec.heartbeats == 1)
-        clock.advance(31)
+        clock.advance_nowait(31)
         await wait_until(lambda: status(db_url, agent) == "offline")
-        clock.advance(5)
+        clock.advance_nowait(5)
         await publish(amqp_url, [heartbeat(agent, 2)])
         await wait_until(lambda: rec.heartbeats == 2)
-        back_at = clock.now
+        back_at = clock.now()
     assert status(db_url, agent) == "online"
     assert scalar(db_url, "SELECT status_changed_at FROM agent_registry") == back_at
     assert events(db_url, agent) == [
@@ -136,7 +136,7 @@ async def test_offline_status_transition_logged(
     async with running_ingest(settings, clock=clock, detector=True) as (_, rec, det):
         await publish(amqp_url, [heartbeat(a, 1) for a in agents])
         await wait_until(lambda: rec.heartbeats == 3)
-        clock.advance(11)
+        clock.advance_nowait(11)
         assert det is not None
         await wait_until(lambda: det.transitions == 3)
     assert any("marked 3 agents offline" in r.getMessage() for r in caplog.records)
@@ -221,7 +221,7 @@ async def test_two_ingests_one_detector_acting(
         await wait_until(lambda: rec_a.heartbeats + rec_b.heartbeats == 20)
         await wait_until(lambda: det_a.runs + det_b.runs >= 3)
         assert [det_a.is_leader, det_b.is_leader].count(True) == 1
-        clock.advance(6)
+        clock.advance_nowait(6)
         await wait_until(lambda: det_a.transitions + det_b.transitions == 20)
         await asyncio.sleep(0)
         follower = det_b if det_a.is_leader else det_a

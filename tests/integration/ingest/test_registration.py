@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
+from fleetpulse.agent import FakeClock
 from tests.fixtures.ingest import (
     PROFILES,
     T0,
-    FakeClock,
     gpu,
     heartbeat,
     publish,
@@ -55,7 +55,7 @@ async def test_orchestrator_creates_agent_registry_record(
     )[0]
     assert row[0:2] == ("ws-42", "0.1.0")
     # Receive time (the ingest clock), never the agent's sampled_at, for liveness.
-    assert row[2] == row[3] == row[7] == clock.now
+    assert row[2] == row[3] == row[7] == clock.now()
     assert row[4] == T0 + timedelta(seconds=7)
     assert row[5:7] == (7, "busy")
 
@@ -97,7 +97,7 @@ async def test_new_agent_status_set_online_with_first_heartbeat_event(
     events = query(
         db_url, "SELECT agent_id, at, from_status, to_status, reason FROM agent_status_events"
     )
-    assert events == [(agent, clock.now, None, "online", "first_heartbeat")]
+    assert events == [(agent, clock.now(), None, "online", "first_heartbeat")]
 
 
 async def test_orchestrator_saves_resource_metrics_to_db(db_url: str, amqp_url: str) -> None:
@@ -191,8 +191,8 @@ async def test_orchestrator_updates_last_heartbeat_at_from_receive_time(
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (_, rec, _d):
         await publish(amqp_url, [heartbeat(agent, 1)])
         await wait_until(lambda: rec.heartbeats == 1)
-        first = clock.now
-        clock.advance(30)
+        first = clock.now()
+        clock.advance_nowait(30)
         await publish(amqp_url, [heartbeat(agent, 2)])
         await wait_until(lambda: rec.heartbeats == 2)
     row = query(db_url, "SELECT first_seen_at, last_heartbeat_at FROM agent_registry")[0]
