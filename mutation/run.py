@@ -304,6 +304,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown module(s): {', '.join(sorted(unknown))}")
     chosen = [m for m in modules if not args.names or m.name in args.names]
+    for module in [m for m in chosen if not (ROOT / m.source).exists()]:
+        print(f"== {module.name}: skipped, {module.source} is not in this tree", flush=True)
+        chosen.remove(module)
     equivalents = load_equivalents()
     outcomes = []
     started = time.monotonic()

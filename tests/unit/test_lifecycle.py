@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -179,3 +180,122 @@ def test_run_main_returns_the_exit_status() -> None:
         return 3
 
     assert run_main(main()) == 3
+
+
+# -- what a caller can rely on, beyond the delays themselves ------------------------------
+
+
+async def test_backoff_wait_without_a_stop_event_reports_not_stopped() -> None:
+    slept: list[float] = []
+
+    async def instant(seconds: float) -> None:
+        slept.append(seconds)
+
+    backoff = Backoff(2.0, 8.0, sleep=instant, rng=random.Random(5))
+    assert [await backoff.wait() for _ in range(3)] == [False, False, False]
+    assert len(slept) == 3
+    assert all(0.0 <= s <= c for s, c in zip(slept, (2.0, 4.0, 8.0), strict=True))
+    assert backoff.attempts == 3
+
+
+def test_backoff_without_an_injected_random_source_still_jitters_within_the_ceiling() -> None:
+    backoff = Backoff(1.0, 1.0)
+    delays = {backoff.next_delay() for _ in range(50)}
+    assert all(0.0 <= d <= 1.0 for d in delays)
+    assert len(delays) > 1
+
+
+async def test_wait_or_stop_leaves_no_task_behind() -> None:
+    def others() -> set[asyncio.Task[object]]:
+        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+    stop = asyncio.Event()
+    assert await wait_or_stop(stop, asyncio.sleep(0)) is False  # the awaitable won
+    assert others() == set()
+    asyncio.get_running_loop().call_soon(stop.set)
+    assert await wait_or_stop(stop, asyncio.Event().wait()) is True  # the stop won
+    assert others() == set()
+
+
+async def test_when_stopped_the_awaitable_has_finished_its_cleanup_on_return() -> None:
+    stop = asyncio.Event()
+    steps: list[str] = []
+
+    async def slow_to_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            for _ in range(3):  # cleanup that takes a few turns of the loop
+                await asyncio.sleep(0)
+            steps.append("cleaned up")
+            raise
+
+    asyncio.get_running_loop().call_soon(stop.set)
+    assert await wait_or_stop(stop, slow_to_cancel()) is True
+    assert steps == ["cleaned up"]
+
+
+async def test_stop_tasks_gives_up_on_a_task_that_ignores_cancellation() -> None:
+    stop = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # ignores the cancellation until released
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(stop_tasks(stop, [task], grace_s=0.05), 5.0)
+    assert time.monotonic() - started < 5.0
+    assert not task.done()
+    release.set()
+    await task
+
+
+async def test_stop_tasks_logs_each_failed_task_once_by_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    async def fine() -> None:
+        return None
+
+    tasks = [asyncio.create_task(f(), name=f.__name__) for f in (broken, fine)]
+    await stop_tasks(asyncio.Event(), tasks, grace_s=0.05)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fleetpulse.lifecycle"]
+    assert warnings == ["broken ended with RuntimeError('boom')"]
+
+
+def test_run_main_runs_on_uvloop_where_installed() -> None:
+    pytest.importorskip("uvloop")
+
+    async def main() -> int:
+        return 0 if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else 1
+
+    assert run_main(main()) == 0
+
+
+def test_run_main_falls_back_to_the_stock_loop_without_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+
+    async def main() -> int:
+        return 0 if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop) else 1
+
+    assert run_main(main()) == 0
+
+
+def test_on_windows_the_fallback_handler_also_takes_ctrl_break(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)
+    assert lifecycle._stop_signal_numbers(True) == [signal.SIGINT, signal.SIGTERM, 21]
+    assert lifecycle._stop_signal_numbers(False) == [signal.SIGINT, signal.SIGTERM]
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert lifecycle._stop_signal_numbers(True) == [signal.SIGINT, signal.SIGTERM]

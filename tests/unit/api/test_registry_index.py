@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
-from fleetpulse.store import AgentRecord, CapacityFilter, RegistryIndex, matching_gpus
+from fleetpulse.store import (
+    AgentRecord,
+    CapacityFilter,
+    RegistryIndex,
+    matching_gpus,
+    registry_index,
+)
 from tests.unit.api.records import NOW, gpu, record
 
 CLOCK = NOW.timestamp()
@@ -306,3 +313,290 @@ def test_the_memo_is_bounded() -> None:
         index.query(CapacityFilter(limit=n), CLOCK)
     assert index.query(CapacityFilter(limit=1), CLOCK) is not first  # evicted: computed again
     assert [m.record.hostname for m in index.query(CapacityFilter(limit=1), CLOCK)] == ["agent1"]
+
+
+# -- edges: the bounds, the order of arrival, the cost of a search -------------------------
+
+
+def test_a_half_gigabyte_request_never_returns_a_machine_without_a_usable_gpu() -> None:
+    index = RegistryIndex()
+    index.apply(
+        [
+            record("cpu-only", cores=64, mem=256.0),
+            record("lost-gpu", gpus=(gpu(0, 24.0, error="Xid 79"),), cores=32),
+            record("half", gpus=(gpu(0, 0.5),)),
+            record("just-under", gpus=(gpu(0, 0.49),)),
+        ]
+    )
+    assert names(index, min_gpu_vram_gb=0.5) == ["half"]
+    assert names(index, min_gpu_vram_gb=0.5, min_mem_gb=1.0) == ["half"]
+    rows = index.query(CapacityFilter(min_gpu_vram_gb=0.25), CLOCK)
+    assert [(m.record.hostname, m.matching_gpus) for m in rows] == [
+        ("half", (0,)),
+        ("just-under", (0,)),
+    ]
+    assert names(index, min_gpu_count=1) == ["half", "just-under"]
+    assert names(index) == ["half", "just-under", "cpu-only", "lost-gpu"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"min_cpu_cores": 12},
+        {"min_mem_gb": 48.0},
+        {"min_gpu_vram_gb": 10.5},
+        {"min_gpu_count": 3},
+        {"min_gpu_count": 3, "min_gpu_vram_gb": 10.5},
+        {"max_sample_age_s": 30.0},
+        {"min_reliability": 0.75},
+    ],
+)
+def test_every_bound_is_inclusive_even_for_the_best_agent_of_the_fleet(
+    query: dict[str, float],
+) -> None:
+    """The best agent offers exactly what is asked: it matches (no "more than")."""
+    best = record(
+        "best", gpus=tuple(gpu(i, 10.5) for i in range(3)), cores=12, mem=48.0, sampled_ago_s=30
+    )
+    index = RegistryIndex()
+    index.apply([best, record("small", gpus=(gpu(0, 1.0),), cores=2, mem=4.0, sampled_ago_s=31)])
+    index.set_reliability({best.agent_id: 0.75})
+    assert names(index, **query) == ["best"]
+
+
+def test_a_bound_just_past_the_best_agent_is_empty() -> None:
+    index = RegistryIndex()
+    best = record("best", gpus=(gpu(0, 10.5),), cores=12, mem=48.0, sampled_ago_s=30)
+    index.apply([best])
+    index.set_reliability({best.agent_id: 0.75})
+    for query in (
+        {"min_cpu_cores": 13},
+        {"min_mem_gb": 48.01},
+        {"min_gpu_vram_gb": 10.51},
+        {"min_gpu_count": 2},
+        {"max_sample_age_s": 29.9},
+        {"min_reliability": 0.76},
+    ):
+        assert names(index, **query) == [], query
+
+
+def test_reliability_scores_that_arrive_before_the_rows_apply_to_them() -> None:
+    early = record("early", cores=16)
+    late = record("late", cores=8)
+    index = RegistryIndex()
+    index.set_reliability({early.agent_id: 0.95, late.agent_id: 0.2})
+    index.apply([early, late])
+    assert index.reliability(early.agent_id) == 0.95
+    assert [
+        (m.record.hostname, m.reliability_30d) for m in index.query(CapacityFilter(), CLOCK)
+    ] == [
+        ("early", 0.95),
+        ("late", 0.2),
+    ]
+    assert names(index, min_reliability=0.5) == ["early"]
+    # a newer row of the same agent keeps its score
+    index.apply([record("early", cores=4, updated=NOW + timedelta(seconds=1))])
+    assert names(index, min_reliability=0.5) == ["early"]
+    assert (
+        index.query(CapacityFilter(min_reliability=0.5), CLOCK)[0].record.cpu_available_cores == 4
+    )
+
+
+def test_scores_replaced_after_the_order_is_built_apply_at_once() -> None:
+    index = seed_fleet()
+    assert names(index) == ["agent1", "agent2", "agent3"]  # the order is built
+    agent2 = record("agent2").agent_id
+    index.set_reliability({agent2: 0.9})
+    assert names(index, min_reliability=0.9) == ["agent2"]
+    index.set_reliability({})
+    assert names(index, min_reliability=0.1) == []
+    assert [m.reliability_30d for m in index.query(CapacityFilter(), CLOCK)] == [None] * 3
+
+
+def counting_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many vectorised passes (blocks) each search makes: one list item per pass."""
+    passes: list[int] = []
+    mask = RegistryIndex._mask
+
+    def counted(self: RegistryIndex, *args: object) -> object:
+        passes.append(1)
+        return mask(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RegistryIndex, "_mask", counted)
+    return passes
+
+
+def test_a_rare_match_at_the_far_end_of_a_large_fleet_takes_a_handful_of_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = [record(f"h{n:05d}", gpus=(gpu(0, 24.0 - n / 1000),), cores=2) for n in range(6000)]
+    fleet[-3:] = [record(f"rare{n}", gpus=(gpu(0, 1.0 - n / 10),), cores=64) for n in range(3)]
+    index = RegistryIndex()
+    index.apply(fleet)
+    passes = counting_passes(monkeypatch)
+    assert names(index, min_cpu_cores=64, limit=2) == ["rare0", "rare1"]
+    assert len(passes) <= 4  # blocks of 64, 512, 4096, ...: not one pass per few agents
+    passes.clear()
+    assert names(index, min_cpu_cores=64, limit=1000) == ["rare0", "rare1", "rare2"]
+    assert len(passes) <= 4
+    passes.clear()
+    assert len(names(index, min_cpu_cores=2, limit=10)) == 10
+    assert len(passes) == 1  # a common query: the first block answers it
+
+
+def test_sparse_matches_make_the_next_block_cover_what_is_still_wanted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = RegistryIndex()
+    index.apply(
+        [
+            record(f"h{n:05d}", gpus=(gpu(0, 24.0 - n / 1000),), cores=64 if n % 150 == 0 else 2)
+            for n in range(6000)
+        ]
+    )
+    passes = counting_passes(monkeypatch)
+    # 2 matches in the first block of 200: the next one is sized for the 98 still wanted
+    assert names(index, min_cpu_cores=64, limit=100) == [f"h{n:05d}" for n in range(0, 6000, 150)]
+    assert len(passes) <= 2
+
+
+def test_a_selective_query_with_a_small_limit_returns_the_first_matches_in_order() -> None:
+    index = RegistryIndex()
+    index.apply(
+        [record(f"h{n:05d}", gpus=(gpu(0, 24.0 - n / 1000),), cores=n % 97) for n in range(6000)]
+    )
+    expected = [f"h{n:05d}" for n in range(6000) if n % 97 >= 95][:7]
+    assert names(index, min_cpu_cores=95, limit=7) == expected
+    assert names(index, min_cpu_cores=95, min_gpu_vram_gb=23.0, limit=7) == [
+        h for h in expected if int(h[1:]) <= 1000
+    ]
+
+
+def test_the_columns_grow_by_doubling_and_only_with_new_agents() -> None:
+    index = RegistryIndex(initial_slots=2)
+    for n in range(1000):
+        index.apply([record(f"h{n}", cores=n % 16)])
+        assert len(index._online) <= max(2, 2 * (n + 1))  # never more than twice what is held
+    size = len(index._online)
+    assert size >= 1000
+    for version in range(1, 4):  # newer rows of the same agents: no growth
+        index.apply(
+            [
+                record(f"h{n}", cores=1, updated=NOW + timedelta(seconds=version))
+                for n in range(1000)
+            ]
+        )
+    assert len(index._online) == size
+    assert len(index) == 1000
+    assert len(names(index, limit=5000)) == 1000
+    index.replace_all([record("only")])
+    assert len(index) == 1
+    assert names(index) == ["only"]
+
+
+def test_an_index_built_from_a_full_read_answers_at_once_with_its_scores() -> None:
+    fleet = [record("a", gpus=(gpu(0, 4.0),), cores=4), record("b", cores=32)]
+    fleet.append(record("off", gpus=(gpu(0, 40.0),), status="offline"))
+    index = RegistryIndex.from_records(fleet, reliability={fleet[1].agent_id: 0.5})
+    assert len(index) == 3
+    assert [
+        (m.record.hostname, m.reliability_30d) for m in index.query(CapacityFilter(), CLOCK)
+    ] == [
+        ("a", None),
+        ("b", 0.5),
+    ]
+    assert index.reliability_scores == {fleet[1].agent_id: 0.5}
+    assert sorted(r.hostname for r in index.records()) == ["a", "b", "off"]
+    assert index.updated_at(fleet[0].agent_id) == NOW
+    assert index.updated_at(uuid.uuid4()) is None
+
+
+def test_a_released_index_hands_back_its_records_and_answers_nothing() -> None:
+    index = seed_fleet()
+    version = index.version
+    held = index.release()
+    assert sorted(r.hostname for r in held if r is not None) == [
+        "agent1",
+        "agent2",
+        "agent3",
+        "asleep",
+    ]
+    assert index.version > version
+    assert len(index) == 0
+    assert list(index.records()) == []
+    assert index.query(CapacityFilter(), CLOCK) == []
+
+
+def test_the_gpu_set_table_maps_each_row_of_matches_to_the_positions_set() -> None:
+    table = registry_index._gpu_sets()
+    assert len(table) == 2**registry_index.TOP_GPUS
+    for positions in [(), (0,), (1,), (7,), (1, 3), (0, 2, 4, 6), tuple(range(8))]:
+        row = np.zeros(registry_index.TOP_GPUS, dtype=bool)
+        row[list(positions)] = True
+        assert table[int(row.view(np.uint64)[0])] == positions
+
+
+def test_ties_break_by_the_full_high_half_of_the_agent_id() -> None:
+    """IDs that differ only in the lowest bits of their high 64 bits still sort exactly
+    (as PostgreSQL orders uuids), whatever the order they arrived in."""
+    high = 0x7FFF_FFFF_FFFF_FF00 << 64
+    ids = [uuid.UUID(int=high | (n << 64) | 0xFFFF) for n in (3, 2, 1, 0)]
+    index = RegistryIndex()
+    index.apply([record(f"h{n}", gpus=(gpu(0, 8.0),), agent_id=i) for n, i in enumerate(ids)])
+    assert names(index) == ["h3", "h2", "h1", "h0"]
+
+
+def test_a_query_after_a_score_change_and_a_row_change_sees_both() -> None:
+    index = seed_fleet()
+    assert names(index, min_cpu_cores=16) == ["agent1"]
+    index.set_reliability({record("agent1").agent_id: 0.9})
+    index.apply([record("agent7", cores=16)])
+    assert names(index, min_cpu_cores=16) == ["agent1", "agent7"]
+    assert names(index, min_reliability=0.9) == ["agent1"]
+
+
+def test_an_unchanged_index_is_sorted_once_for_any_number_of_queries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index = seed_fleet()
+    sorts = 0
+    lexsort = np.lexsort
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal sorts
+        sorts += 1
+        return lexsort(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(np, "lexsort", counted)
+    for cores in range(10):
+        names(index, min_cpu_cores=cores)
+    index.set_reliability({record("agent2").agent_id: 0.5})  # the order does not depend on it
+    names(index, min_reliability=0.5)
+    assert sorts == 1
+    index.apply([record("agent8", cores=2)])
+    names(index)
+    names(index, pool="render")
+    assert sorts == 2
+
+
+def test_without_a_clock_reading_the_freshness_bound_uses_the_wall_clock() -> None:
+    now = datetime.now(UTC)
+    index = RegistryIndex()
+    index.apply(
+        [
+            record("fresh", last_sampled_at=now - timedelta(seconds=5)),
+            record("stale", last_sampled_at=now - timedelta(hours=2)),
+        ]
+    )
+    assert [m.record.hostname for m in index.query(CapacityFilter(max_sample_age_s=600))] == [
+        "fresh"
+    ]
+
+
+def test_the_memo_holds_up_to_its_row_bound_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_index, "MEMO_ROWS", 4)
+    index = seed_fleet()
+    index.query(CapacityFilter(), CLOCK)  # 3 rows
+    two = index.query(CapacityFilter(min_cpu_cores=8), CLOCK)  # 3 + 2 > 4: cleared, then 2
+    assert len(index.query(CapacityFilter(min_cpu_cores=4, limit=2), CLOCK)) == 2  # 4: kept
+    assert index.query(CapacityFilter(min_cpu_cores=8), CLOCK) is two
