@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HOLDING_REASONS: Final = frozenset((*CLAIM_REASONS, *CORDON_REASONS))
 WAIT_S: Final = 1.0
+REREADS: Final = 3  # reads of agents changed here meanwhile, at most (then the next event's)
 _EMPTY: Final = Holding()
 
 
@@ -51,6 +52,7 @@ class Holdings:
         self.version = 0
         self._expiries: list[float] = []  # a heap of expiry times (some of ended claims)
         self._claims = 0  # claims held in all (for bounding the heap)
+        self._touched: dict[uuid.UUID, int] = {}  # agent -> version of its last change
 
     def __len__(self) -> int:
         return len(self._by_agent)
@@ -72,9 +74,31 @@ class Holdings:
             self._by_agent[agent_id] = holding
             self._note_expiries(holding)
         self.version += 1
+        self._touched[agent_id] = self.version
+        if len(self._touched) > 4 * len(self._by_agent) + 1024:
+            self._touched = {a: v for a, v in self._touched.items() if a in self._by_agent}
 
-    def replace_all(self, holdings: Mapping[uuid.UUID, Holding]) -> None:
+    def changed_since(
+        self, version: int, agent_ids: Iterable[uuid.UUID] | None = None
+    ) -> set[uuid.UUID]:
+        """Agents (of ``agent_ids``; None: any) changed here after ``version``: a read of the
+        database that began before must not overwrite them."""
+        touched = self._touched
+        if agent_ids is None:
+            return {a for a, v in touched.items() if v > version}
+        return {a for a in agent_ids if touched.get(a, -1) > version}
+
+    def replace_all(self, holdings: Mapping[uuid.UUID, Holding], *, read_at: int = -1) -> None:
+        """Everything from a full read begun at ``read_at`` (a version), but for agents
+        changed here since, which keep what they have."""
         fresh = {a: h for a, h in holdings.items() if not h.empty}
+        for agent_id, version in self._touched.items():
+            if version > read_at:
+                held = self._by_agent.get(agent_id)
+                if held is None:
+                    fresh.pop(agent_id, None)
+                else:
+                    fresh[agent_id] = held
         self._by_agent = fresh
         self._claims = sum(len(h.claims) for h in fresh.values())
         self._expiries = [c.expires_at.timestamp() for h in fresh.values() for c in h.claims]
@@ -132,15 +156,25 @@ class HoldingsFollower:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def reload(self, agent_ids: Iterable[uuid.UUID] | None = None) -> None:
-        """Read the holdings of these agents (all when None) from the database."""
+        """Read the holdings of these agents (all when None) from the database. An agent
+        changed here while the read was under way (a claim this process made or released)
+        is not overwritten by the older read but read again."""
         wanted = None if agent_ids is None else list(agent_ids)
-        async with self.db.connection() as conn:
-            found = await fetch_holdings(conn, wanted)
-        if wanted is None:
-            self.holdings.replace_all(found)
-        else:
-            for agent_id, holding in found.items():
-                self.holdings.put(agent_id, holding)
+        for _ in range(REREADS):
+            read_at = self.holdings.version
+            async with self.db.connection() as conn:
+                found = await fetch_holdings(conn, wanted)
+            if wanted is None:
+                self.holdings.replace_all(found, read_at=read_at)
+                wanted = list(self.holdings.changed_since(read_at))
+            else:
+                stale = self.holdings.changed_since(read_at, wanted)
+                for agent_id, holding in found.items():
+                    if agent_id not in stale:
+                        self.holdings.put(agent_id, holding)
+                wanted = list(stale)
+            if not wanted:
+                return
 
     async def cleanup(self) -> int:
         """Mark expired claims ended (with their events) and purge old ended ones."""
