@@ -159,3 +159,26 @@ def test_an_expiry_changes_the_answer_without_any_other_change() -> None:
     assert [m.record.hostname for m in later] == ["solo"]
     assert later[0].allotment is not None
     assert later[0].allotment.gpus[0].vram_claimable_gb == 24.0
+
+
+def test_an_answer_trails_an_expiry_by_at_most_trail_s() -> None:
+    host = record("solo", gpus=(GpuState(index=0, uuid="G0", vram_total_gb=24, vram_free_gb=24),))
+    index = RegistryIndex()
+    index.apply([host])
+    holdings = Holdings()
+    claim = ClaimRecord(
+        claim_id=uuid.uuid4(),
+        agent_id=host.agent_id,
+        holder="h",
+        gpus=(ClaimedGpu(index=0, uuid="G0", vram_gb=20.0),),
+        cpu_cores=0,
+        mem_gb=0.0,
+        created_at=NOW,
+        expires_at=NOW + timedelta(seconds=5),
+    )
+    holdings.put(host.agent_id, Holding(claims=(claim,)))
+    view = ClaimableView(holdings, trail_s=1.0)
+    q = CapacityFilter(min_gpu_vram_gb=8)
+    assert view.query(index, q, CLOCK + 4.5) == []
+    assert view.query(index, q, CLOCK + 5.2) == []  # expired 0.2 s ago: within the trail
+    assert [m.record.hostname for m in view.query(index, q, CLOCK + 5.6)] == ["solo"]

@@ -151,7 +151,7 @@ async def open_services(
             request_metrics=request_metrics,
             holdings=holdings,
             holdings_follower=holdings_follower,
-            claimable=ClaimableView(holdings),
+            claimable=ClaimableView(holdings, trail_s=api.capacity_refresh_interval_s),
         )
         await services.refresh_fleet_metrics()
         task = asyncio.create_task(services._metrics_loop(), name="fleet-metrics")

@@ -66,8 +66,12 @@ def _observed_key(record: AgentRecord) -> float:
 class ClaimableView:
     """Claimable capacity answers over a registry index and the holdings of this process."""
 
-    def __init__(self, holdings: Holdings) -> None:
+    def __init__(self, holdings: Holdings, *, trail_s: float = 0.0) -> None:
+        """``trail_s``: how long an answer may be served after a claim in it expired (the
+        index trails the registry the same way), so expiries spread over time do not make
+        every request compute its answer afresh."""
         self.holdings = holdings
+        self.trail_s = trail_s
         # agent -> (record, holding, allotment, valid until (s since epoch))
         self._allotments: dict[uuid.UUID, tuple[AgentRecord, Holding, Allotment, float]] = {}
         self._memo: dict[CapacityFilter, tuple[tuple[int, int, int], float, list[CapacityMatch]]]
@@ -102,9 +106,10 @@ class ClaimableView:
         if hit is not None and hit[0] == version and now < hit[1]:
             return hit[2]
         answer, _ = self._search(index, query, now)
-        # Until a claim anywhere expires (an agent further down may then rank higher); an age
-        # bound makes the answer one of this moment only.
-        valid = self.holdings.next_expiry_ts(now) if query.max_sample_age_s is None else now
+        # Until a claim anywhere expires (an agent further down may then rank higher), or
+        # ``trail_s`` later; an age bound makes the answer one of this moment only.
+        expiry = max(self.holdings.next_expiry_ts(now), now + self.trail_s)
+        valid = expiry if query.max_sample_age_s is None else now
         if len(self._memo) >= MEMO_ENTRIES:
             self._memo.clear()
         self._memo[query] = (version, valid, answer)
