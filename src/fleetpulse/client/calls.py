@@ -133,15 +133,18 @@ def agents(
     limit: int = 1000,
     after: uuid.UUID | str | None = None,
 ) -> Call[AgentList]:
+    """One page of the registry, by agent_id; ``next_after`` asks for the next."""
     params = _params(status=status, pool=pool, limit=limit, after=after)
     return Call("GET", "/api/v1/agents", AgentList, params)
 
 
 def agent(agent_id: uuid.UUID | str) -> Call[Agent]:
+    """One agent's latest state; ``ApiNotFound`` for an unknown id."""
     return Call("GET", _agent_path(agent_id), Agent)
 
 
 def agent_capacity(agent_id: uuid.UUID | str) -> Call[Capacity]:
+    """Any known agent's latest capacity, online or not."""
     return Call("GET", f"{_agent_path(agent_id)}/capacity", Capacity)
 
 
@@ -157,6 +160,7 @@ def capacity(
     min_reliability: float | None = None,
     limit: int | None = None,
 ) -> Call[CapacityList]:
+    """Online agents that can take a job now, most free VRAM first (None: no condition)."""
     params = _params(
         min_gpu_vram_gb=min_gpu_vram_gb,
         min_cpu_cores=min_cpu_cores,
@@ -178,6 +182,7 @@ def history(
     until: datetime | None = None,
     bucket: str | int | None = None,
 ) -> Call[History]:
+    """avg/min/max per time bucket over [since, until) (default: the last hour)."""
     params = _params(since=since, until=until, bucket=bucket)
     return Call("GET", f"{_agent_path(agent_id)}/metrics", History, params)
 
@@ -190,6 +195,7 @@ def events(
     after_id: int | None = None,
     limit: int | None = None,
 ) -> Call[EventList]:
+    """Status transitions in the order they were decided; page with ``after_id``."""
     params = _params(agent_id=agent_id, since=since, until=until, after_id=after_id, limit=limit)
     return Call("GET", "/api/v1/events", EventList, params)
 
@@ -223,7 +229,10 @@ def claim(
     cpu_cores: int | None = None,
     mem_gb: float | None = None,
 ) -> Call[Claim]:
-    """Never retried: a second try after a lost answer could hold twice."""
+    """Hold capacity for ``holder`` for ``ttl_s`` seconds: on ``agent_id`` (optionally the
+    ``gpus`` named, by index or uuid) or on the best agent matching ``filter``. Raises
+    ``ApiConflict`` (409) when nothing fits any more: ask for capacity again. Never retried
+    (a retry after a lost answer could hold twice)."""
     body = ClaimBody(
         holder=holder,
         ttl_s=ttl_s,
@@ -244,46 +253,55 @@ def claims(
     holder: str | None = None,
     limit: int | None = None,
 ) -> Call[ClaimList]:
+    """Active claims, optionally of one agent or one holder."""
     return Call(
         "GET", "/api/v1/claims", ClaimList, _params(agent_id=agent_id, holder=holder, limit=limit)
     )
 
 
 def get_claim(claim_id: uuid.UUID | str) -> Call[Claim]:
+    """An active claim; ``ApiNotFound`` once it has ended (released or expired)."""
     return Call("GET", _claim_path(claim_id), Claim)
 
 
 def renew(claim_id: uuid.UUID | str, ttl_s: float) -> Call[Claim]:
-    """Sets the expiry to now + ttl_s, so a repeat does what one does: safe to retry."""
+    """Keep a claim ``ttl_s`` seconds from now (a repeat does what one does: retried);
+    ``ApiConflict`` if it has ended."""
     body = _json(RenewBody(ttl_s=ttl_s))
     return Call("POST", f"{_claim_path(claim_id)}/renew", Claim, body=body)
 
 
 def release(claim_id: uuid.UUID | str) -> Call[None]:
+    """Give a claim back (idempotent: releasing an ended claim is fine)."""
     return Call("DELETE", _claim_path(claim_id), type(None))
 
 
 def cordon(
     agent_id: uuid.UUID | str, *, reason: str, by: str, gpu_uuid: str | None = None
 ) -> Call[Cordon]:
-    """Cordoning what is cordoned already answers the existing cordon: safe to retry."""
+    """Take an agent, or one of its GPUs, out of the offer (cordoning what is cordoned
+    answers the existing cordon: retried)."""
     body = _json(CordonBody(reason=reason, by=by))
     return Call("POST", _cordon_path(agent_id, gpu_uuid), Cordon, body=body)
 
 
 def uncordon(agent_id: uuid.UUID | str, *, gpu_uuid: str | None = None) -> Call[None]:
+    """Put a cordoned agent or GPU back in the offer (idempotent)."""
     return Call("DELETE", _cordon_path(agent_id, gpu_uuid), type(None))
 
 
 def cordons(*, agent_id: uuid.UUID | str | None = None) -> Call[CordonList]:
+    """Active cordons, optionally of one agent."""
     return Call("GET", "/api/v1/cordons", CordonList, _params(agent_id=agent_id))
 
 
 def health() -> Call[Health]:
+    """``/healthz``: the process is up."""
     return Call("GET", "/healthz", Health)
 
 
 def ready() -> Call[Health]:
+    """``/readyz``; a database that does not answer raises ``ApiUnavailable`` (503)."""
     return Call("GET", "/readyz", Health)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -40,6 +40,10 @@ class Options:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.retries < 0 or self.retry_backoff_s < 0 or self.retry_max_s < 0:
             raise ConfigError("retries, retry_backoff_s and retry_max_s must not be negative")
+
+    def http(self) -> dict[str, Any]:
+        """The arguments of the httpx client (sync or async) the API is called through."""
+        return {"base_url": self.base_url, "headers": self.headers(), "timeout": self.timeout()}
 
     def headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"fleetpulse-client/{__version__}", "Accept": "application/json"}

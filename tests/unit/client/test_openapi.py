@@ -155,6 +155,7 @@ def test_both_clients_offer_the_same_calls() -> None:
 
     public = {n for n in dir(Client) if not n.startswith("_")}
     assert public == {n for n in dir(AsyncClient) if not n.startswith("_")}
-    for name in public - {"close", "send", "options"}:
+    assert (Client.is_async, AsyncClient.is_async) == (False, True)
+    for name in public - {"close", "send", "options", "is_async"}:
         sync, aio = getattr(Client, name), getattr(AsyncClient, name)
         assert inspect.signature(sync).parameters.keys() == inspect.signature(aio).parameters.keys()
