@@ -345,6 +345,26 @@ def fleet_overview() -> Json:
             ],
         ),
         panel(
+            "timeseries",
+            "Withheld by their owners, and unhealthy GPUs",
+            [
+                prom(
+                    f"sum by (reason) (fleetpulse_agents_withheld{{{pool}}})",
+                    "withheld: {{reason}}",
+                ),
+                prom(
+                    f"sum by (health) (fleetpulse_gpus_unhealthy{{{pool}}})",
+                    "GPUs {{health}}",
+                ),
+            ],
+            description=(
+                "Online machines not offered to jobs (user active, an exclusive process,"
+                " outside the offer hours) and GPUs left out of capacity (XID errors,"
+                " throttling, page retirement, ECC)."
+            ),
+            w=24,
+        ),
+        panel(
             "table",
             "Agents",
             [
@@ -352,7 +372,8 @@ def fleet_overview() -> Json:
                     """SELECT hostname, pool_name AS pool, status,
                     last_heartbeat_at AS last_heartbeat, gpu_type, gpu_count,
                     gpu_vram_available_gb AS free_vram_gb,
-                    cpu_available_cores AS free_cores, mem_available_gb AS free_mem_gb
+                    cpu_available_cores AS free_cores, mem_available_gb AS free_mem_gb,
+                    offered, withheld_reason, gpu_health
                     FROM agent_registry WHERE pool_name ~ '^${pool:regex}$'
                     ORDER BY status DESC, gpu_vram_available_gb DESC, hostname""",
                     table=True,

@@ -128,13 +128,15 @@ async def stop_tasks(
             log.warning("%s ended with %r", task.get_name(), task.exception())
 
 
-def run_main(main: Coroutine[Any, Any, int]) -> int:
-    """Run a process's main coroutine on uvloop when it is installed; its exit status."""
+def run_main(main: Coroutine[Any, Any, int], *, fast_loop: bool = True) -> int:
+    """Run a process's main coroutine (on uvloop when it is installed and ``fast_loop``);
+    its exit status."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
-        import uvloop
+        if fast_loop:
+            import uvloop
 
-        factory = uvloop.new_event_loop
+            factory = uvloop.new_event_loop
     except ImportError:  # not on Windows, and optional elsewhere: the stock loop then
         pass
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -17,6 +17,11 @@ CASES = [
     {"index": 3, "error": "Xid 79"},
     {"index": 4, "error": " "},
     {"index": 5, "error": "null"},
+    {"index": 6, "health": "ok"},
+    {"index": 7, "health": None},
+    {"index": 8, "health": "degraded", "health_reasons": ["xid:94"]},
+    {"index": 9, "health": "failed"},
+    {"index": 10, "health": "ok", "error": "Xid 79"},
 ]
 
 
@@ -29,4 +34,4 @@ def test_usable_gpu_sql_agrees_with_usable_gpus(database_url: str) -> None:
     in_sql = {index for index, usable in rows if usable}
     states = msgspec.convert(CASES, list[GpuState])
     in_python = {g.index for g in usable_gpus(states)}
-    assert in_sql == in_python == {0, 1, 2}
+    assert in_sql == in_python == {0, 1, 2, 6, 7}

@@ -14,13 +14,12 @@ from tests.unit.api.records import gpu, record
 
 def test_the_gpu_state_has_the_same_fields_in_every_contract() -> None:
     """messages (agent -> ingest), store (ingest -> api) and the HTTP schema keep one copy
-    each; they must not drift apart. The store keeps the wire's fields up to ``error`` (the
-    health fields added to the wire later are not read into the store's GpuState); the HTTP
-    one adds what claims and cordons leave of each GPU, after them."""
+    each; they must not drift apart: the store keeps the wire's fields, health included, in
+    the wire's order; the HTTP one adds what claims and cordons leave of each GPU, after them."""
     stored = GpuState.__struct_fields__
     assert Gpu.__struct_fields__ == (*stored, "vram_held_gb", "vram_claimable_gb", "cordon")
-    assert GpuMetrics.__struct_fields__[: len(stored)] == stored
-    assert stored[-1] == "error"
+    assert GpuMetrics.__struct_fields__ == stored
+    assert stored[-1] == "ecc_uncorrected"
 
 
 def test_usable_gpus_are_those_without_an_error() -> None:

@@ -299,3 +299,15 @@ def test_on_windows_the_fallback_handler_also_takes_ctrl_break(
     assert lifecycle._stop_signal_numbers(False) == [signal.SIGINT, signal.SIGTERM]
     monkeypatch.setattr(sys, "platform", "linux")
     assert lifecycle._stop_signal_numbers(True) == [signal.SIGINT, signal.SIGTERM]
+
+
+def test_run_main_on_the_stock_loop_when_asked_and_uvloop_otherwise() -> None:
+    import asyncio
+
+    from fleetpulse.lifecycle import run_main
+
+    async def loop_module() -> int:
+        return 0 if type(asyncio.get_running_loop()).__module__.startswith("asyncio") else 1
+
+    assert run_main(loop_module(), fast_loop=False) == 0  # the agent's choice
+    assert run_main(loop_module()) == 1  # uvloop, installed here

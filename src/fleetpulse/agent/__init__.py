@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
         Identity as Identity,
         build_goodbye as build_goodbye,
         build_heartbeat as build_heartbeat,
-        gpu_is_capacity as gpu_is_capacity,
         resource_metrics as resource_metrics,
         restamp as restamp,
     )
@@ -72,9 +71,7 @@ else:
             "entry": "run_agent run_simulate",
             "fakes": "FailingCollector FakeClock FakeGpuCollector FakeHostCollector",
             "gpu": "GpuCollector",
-            "heartbeat": (
-                "Identity build_goodbye build_heartbeat gpu_is_capacity resource_metrics restamp"
-            ),
+            "heartbeat": "Identity build_goodbye build_heartbeat resource_metrics restamp",
             "offer": "OfferPolicy PresenceCollector",
             "presence": "PresenceReading detect_source",
             "profiles": "PROFILES Machine Profile build_fleet",

@@ -25,7 +25,9 @@ async def _agent_main(settings: Settings) -> int:
 
 def run_agent(settings: Settings) -> int:
     """Run the desktop agent until SIGINT/SIGTERM; 0 on a clean stop."""
-    return run_main(_agent_main(settings))
+    # The stock event loop: one message per interval gains nothing from uvloop, and its
+    # import costs the light agent a megabyte and a half of memory.
+    return run_main(_agent_main(settings), fast_loop=False)
 
 
 async def _simulate_main(

@@ -10,7 +10,7 @@ import msgspec
 
 from fleetpulse import __version__
 from fleetpulse.agent.collectors import Contribution, HostReading
-from fleetpulse.gpus import is_usable
+from fleetpulse.gpus import usable_gpus
 from fleetpulse.messages import (
     SCHEMA_VERSION,
     AgentStats,
@@ -31,7 +31,6 @@ __all__ = [
     "Identity",
     "build_goodbye",
     "build_heartbeat",
-    "gpu_is_capacity",
     "resource_metrics",
     "restamp",
 ]
@@ -48,14 +47,6 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def routing_key(self) -> str:
         return routing_key(self.pool, self.agent_id)
-
-
-def gpu_is_capacity(gpu: GpuMetrics, *, include_degraded: bool = False) -> bool:
-    """A GPU a job could use: usable (:func:`fleetpulse.gpus.is_usable`: no error), not
-    failed, and not degraded unless asked."""
-    if not is_usable(gpu) or gpu.health == "failed":
-        return False
-    return include_degraded or gpu.health != "degraded"
 
 
 def resource_metrics(contributions: Iterable[Contribution]) -> ResourceMetrics:
@@ -81,9 +72,7 @@ def resource_metrics(contributions: Iterable[Contribution]) -> ResourceMetrics:
         if not any(e.startswith("host:") for e in errors):
             errors.append("host: no host metrics")
     errors.extend(g.error for g in gpus if g.error)
-    healthy = sorted(
-        (g for g in gpus if gpu_is_capacity(g)), key=lambda g: (-g.vram_free_gb, g.index)
-    )
+    healthy = sorted(usable_gpus(gpus), key=lambda g: (-g.vram_free_gb, g.index))
     gpus.sort(key=lambda g: g.index)
     return ResourceMetrics(
         cpu_load_1m=host.cpu_load_1m,

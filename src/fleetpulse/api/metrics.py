@@ -30,6 +30,28 @@ __all__ = [
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 GIB: Final = 1024.0**3
 STATUSES: Final = ("online", "offline")
+# Label values are bounded: withheld reasons and GPU health reasons by kind, never a process
+# name or an XID number (``exclusive_process:blender`` -> ``exclusive_process``).
+WITHHELD_KINDS: Final = ("user_active", "exclusive_process", "outside_hours")
+GPU_REASON_KINDS: Final = (
+    "xid",
+    "throttle:hw_slowdown",
+    "throttle:sw_thermal",
+    "throttle:hw_thermal",
+    "throttle:power_brake",
+    "retired_pages_pending",
+    "row_remap_pending",
+    "row_remap_failure",
+    "ecc_uncorrected",
+    "error",
+)
+
+
+def _kind(reason: str, known: tuple[str, ...]) -> str:
+    if reason in known:
+        return reason
+    head = reason.split(":", 1)[0]
+    return head if head in known else "other"
 
 
 def _escape(value: str) -> str:
@@ -63,11 +85,24 @@ def render_fleet(
     gpus: dict[tuple[str, str], int] = defaultdict(int)
     cores: dict[str, int] = defaultdict(int)
     mem: dict[str, float] = defaultdict(float)
+    withheld: dict[tuple[str, str], int] = defaultdict(int)
+    sick: dict[tuple[str, str], int] = defaultdict(int)
+    sick_gpus: dict[tuple[str, str], int] = defaultdict(int)
     rows = sorted(records, key=lambda r: r.agent_id.int)  # UUID order, without UUID.__lt__
     for r in rows:
         agents[(r.pool_name, r.status)] += 1
         if r.status != "online":
             continue
+        for g in r.gpus:
+            health = "failed" if g.error else g.health
+            if health in {"degraded", "failed"}:
+                sick_gpus[(r.pool_name, str(health))] += 1
+                reasons = {_kind(x, GPU_REASON_KINDS) for x in g.health_reasons} or {"error"}
+                for reason in reasons:
+                    sick[(r.pool_name, reason)] += 1
+        if not r.offered:
+            withheld[(r.pool_name, _kind(r.withheld_reason or "", WITHHELD_KINDS))] += 1
+            continue  # its owner does not offer it: no capacity
         cores[r.pool_name] += r.cpu_available_cores
         mem[r.pool_name] += r.mem_available_gb
         for g in usable_gpus(r.gpus):
@@ -79,26 +114,57 @@ def render_fleet(
     for pool in pools:
         for status in STATUSES:
             fam_agents.add(_labels(pool=pool, status=status), agents.get((pool, status), 0))
+    # every (pool, kind) and (pool, health) pair, zero included, as fleetpulse_agents does
+    fam_withheld = _Family(
+        "fleetpulse_agents_withheld",
+        "gauge",
+        "Online agents their owners withhold from jobs, by pool and kind of reason.",
+    )
+    fam_sick = _Family(
+        "fleetpulse_gpus_unhealthy",
+        "gauge",
+        "GPUs of online agents that are degraded or failed (not capacity), by pool and health.",
+    )
+    fam_reasons = _Family(
+        "fleetpulse_gpu_health_reasons",
+        "gauge",
+        "Unhealthy GPUs of online agents by pool and kind of reason (one GPU may have several).",
+    )
+    for pool in pools:
+        for kind in (*WITHHELD_KINDS, "other"):
+            if kind != "other" or withheld.get((pool, kind)):
+                fam_withheld.add(_labels(pool=pool, reason=kind), withheld.get((pool, kind), 0))
+        for health in ("degraded", "failed"):
+            fam_sick.add(_labels(pool=pool, health=health), sick_gpus.get((pool, health), 0))
+    for pool, kind in sorted(sick):
+        fam_reasons.add(_labels(pool=pool, reason=kind), sick[(pool, kind)])
     fam_vram = _Family(
         "fleetpulse_capacity_gpu_vram_free_bytes",
         "gauge",
-        "Free VRAM on usable GPUs of online agents.",
+        "Free VRAM on usable (healthy) GPUs of online agents their owners offer.",
     )
-    fam_gpus = _Family("fleetpulse_capacity_gpus", "gauge", "Usable GPUs of online agents.")
+    fam_gpus = _Family(
+        "fleetpulse_capacity_gpus", "gauge", "Usable GPUs of online agents their owners offer."
+    )
     for pool, kind in sorted(gpus):
         fam_vram.add(_labels(pool=pool, gpu_type=kind), vram[(pool, kind)] * GIB)
         fam_gpus.add(_labels(pool=pool, gpu_type=kind), gpus[(pool, kind)])
     fam_cores = _Family(
-        "fleetpulse_capacity_cpu_available_cores", "gauge", "Available cores of online agents."
+        "fleetpulse_capacity_cpu_available_cores",
+        "gauge",
+        "Available cores of online agents their owners offer.",
     )
     fam_mem = _Family(
-        "fleetpulse_capacity_mem_available_bytes", "gauge", "Available memory of online agents."
+        "fleetpulse_capacity_mem_available_bytes",
+        "gauge",
+        "Available memory of online agents their owners offer.",
     )
     for pool in pools:
         fam_cores.add(_labels(pool=pool), cores.get(pool, 0))
         fam_mem.add(_labels(pool=pool), mem.get(pool, 0.0) * GIB)
     per_agent = [
         _Family("fleetpulse_agent_up", "gauge", "1 if the agent is online."),
+        _Family("fleetpulse_agent_offered", "gauge", "1 if its owner offers the agent to jobs."),
         _Family(
             "fleetpulse_agent_gpu_vram_available_bytes",
             "gauge",
@@ -121,10 +187,11 @@ def render_fleet(
             "Samples the agent dropped from its spool, as it reports.",
         ),
     ]
-    up, agent_vram, agent_cores, age, probe, dropped = per_agent
+    up, offered, agent_vram, agent_cores, age, probe, dropped = per_agent
     for r in rows[:per_agent_limit]:
         labels = _labels(agent_id=str(r.agent_id), hostname=r.hostname, pool=r.pool_name)
         up.add(labels, 1 if r.status == "online" else 0)
+        offered.add(labels, 1 if r.offered else 0)
         agent_vram.add(labels, r.gpu_vram_available_gb * GIB)
         agent_cores.add(labels, r.cpu_available_cores)
         age.add(labels, round(max(0.0, now - r.last_heartbeat_at.timestamp()), 3))
@@ -139,7 +206,18 @@ def render_fleet(
         "Agents left out of the per-agent series by metrics_per_agent_limit.",
     )
     fam_omitted.lines.append(f"fleetpulse_metrics_agents_omitted {omitted}")
-    families = [fam_agents, fam_vram, fam_gpus, fam_cores, fam_mem, *per_agent, fam_omitted]
+    families = [
+        fam_agents,
+        fam_withheld,
+        fam_sick,
+        fam_reasons,
+        fam_vram,
+        fam_gpus,
+        fam_cores,
+        fam_mem,
+        *per_agent,
+        fam_omitted,
+    ]
     text = "\n".join(line for fam in families for line in fam.lines) + "\n"
     return text.encode(), omitted
 

@@ -85,9 +85,26 @@ class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
     temp_c: float | None
     power_w: float | None
     error: str | None
+    # health as the agent's NVML probe judged it; None from agents that predate it
+    health: str | None = None
+    health_reasons: list[str] = []
+    xid_events: list[int] = []
+    throttle_reasons: list[str] = []
+    retired_pages: int | None = None
+    retired_pages_pending: bool | None = None
+    ecc_uncorrected: int | None = None
     vram_held_gb: float | None = None
     vram_claimable_gb: float | None = None  # min(free, total - held); 0 if cordoned
     cordon: CordonNote | None = None
+
+
+class Presence(msgspec.Struct, kw_only=True):
+    """The person at the machine, as its latest heartbeat reported: idle seconds (None:
+    unknown), whether the session is locked, and where the figure came from."""
+
+    user_idle_s: float | None
+    locked: bool | None
+    source: str
 
 
 class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -95,7 +112,10 @@ class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     With active claims or a cordon, also: ``schedulable`` (false when cordoned, with
     ``cordon``), ``claims`` (active), what they hold and what is left to claim
-    (min(observed, total − held)) for cores, memory and VRAM (per GPU in ``gpus``)."""
+    (min(observed, total − held)) for cores, memory and VRAM (per GPU in ``gpus``).
+    From agents that report presence, ``presence``; ``offered`` (false) and
+    ``withheld_reason`` while the owner withholds the machine. GPUs carry ``health`` and
+    its signals where the agent reports them (fields left out are their defaults)."""
 
     agent_id: uuid.UUID
     hostname: str
@@ -128,6 +148,10 @@ class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
     mem_held_gb: float | None = None
     mem_claimable_gb: float | None = None
     gpu_vram_claimable_gb: float | None = None
+    # whether the owner offers the machine now (older agents: always), and why not
+    offered: bool = True
+    withheld_reason: str | None = None
+    presence: Presence | None = None
 
 
 class Capacity(Agent, kw_only=True):
@@ -263,6 +287,15 @@ def _fields(
         "errors": list(record.errors),
         "reliability_30d": reliability,
         **_claim_fields(allotment),
+        "offered": record.offered,
+        "withheld_reason": record.withheld_reason,
+        "presence": None
+        if record.presence_source is None
+        else Presence(
+            user_idle_s=record.user_idle_s,
+            locked=record.presence_locked,
+            source=record.presence_source,
+        ),
     }
 
 

@@ -35,6 +35,7 @@ from fleetpulse.client.models import (
     History,
     HistoryGpu,
     HistoryPoint,
+    Presence,
     Stat,
 )
 from fleetpulse.client.options import DEFAULT_URL
@@ -78,6 +79,7 @@ __all__ = [
     "History",
     "HistoryGpu",
     "HistoryPoint",
+    "Presence",
     "ServiceUnavailable",
     "Stat",
     "Unauthorized",

@@ -74,7 +74,7 @@ T = TypeVar("T")
 
 EVENTS_STREAM: Final = "/api/v1/events/stream"
 # SSE event names the stream carries (each an Event); others are skipped, for newer APIs
-EVENT_KINDS: Final = frozenset({"status", "claim", "cordon"})
+EVENT_KINDS: Final = frozenset({"status", "claim", "cordon", "offer", "gpu_health"})
 JSON_BODY: Final = {"Content-Type": "application/json"}
 # Answers worth another try of an idempotent call: the API or a proxy in front of it is
 # (re)starting, or the database is briefly away (the API then says Retry-After).
@@ -115,7 +115,7 @@ def _params(**given: object) -> dict[str, str]:
             continue
         if isinstance(value, datetime):
             out[name] = value.isoformat()
-        elif isinstance(value, bool):  # pragma: no cover - no boolean parameter yet
+        elif isinstance(value, bool):
             out[name] = "true" if value else "false"
         else:
             out[name] = str(value)
@@ -159,6 +159,7 @@ def capacity(
     max_sample_age_s: float | None = None,
     min_reliability: float | None = None,
     limit: int | None = None,
+    include_degraded: bool | None = None,
 ) -> Call[CapacityList]:
     """Online agents that can take a job now, most free VRAM first (None: no condition)."""
     params = _params(
@@ -171,6 +172,7 @@ def capacity(
         max_sample_age_s=max_sample_age_s,
         min_reliability=min_reliability,
         limit=limit,
+        include_degraded=include_degraded,
     )
     return Call("GET", "/api/v1/agents/available-capacity", CapacityList, params)
 

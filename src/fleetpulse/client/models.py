@@ -34,6 +34,7 @@ __all__ = [
     "History",
     "HistoryGpu",
     "HistoryPoint",
+    "Presence",
     "RenewBody",
     "Stat",
 ]
@@ -69,6 +70,21 @@ class Gpu(msgspec.Struct, kw_only=True, frozen=True):
     vram_held_gb: float | None = None
     vram_claimable_gb: float | None = None
     cordon: CordonNote | None = None
+    health: str | None = None
+    health_reasons: tuple[str, ...] = ()
+    xid_events: tuple[int, ...] = ()
+    throttle_reasons: tuple[str, ...] = ()
+    retired_pages: int | None = None
+    retired_pages_pending: bool | None = None
+    ecc_uncorrected: int | None = None
+
+
+class Presence(msgspec.Struct, kw_only=True, frozen=True):
+    """The person at the machine: idle seconds (None: unknown), locked, the source."""
+
+    user_idle_s: float | None
+    locked: bool | None
+    source: str
 
 
 class Agent(msgspec.Struct, kw_only=True, frozen=True):
@@ -109,6 +125,9 @@ class Agent(msgspec.Struct, kw_only=True, frozen=True):
     mem_held_gb: float | None = None
     mem_claimable_gb: float | None = None
     gpu_vram_claimable_gb: float | None = None
+    offered: bool = True
+    withheld_reason: str | None = None
+    presence: Presence | None = None
 
 
 class Capacity(Agent, kw_only=True, frozen=True):

@@ -85,11 +85,28 @@ def _claimed_or_cordoned(agent: Agent) -> bool:
     return agent.claims is not None or agent.cordon is not None or any(g.cordon for g in agent.gpus)
 
 
+def _reports_presence_or_health(agent: Agent) -> bool:
+    return agent.presence is not None or not agent.offered or any(g.health for g in agent.gpus)
+
+
+def _offer(agent: Agent) -> str:
+    """Whether the owner offers the machine to jobs: ``yes``, or ``no (reason)``; GPUs that
+    are not healthy follow (``gpu 1 degraded``)."""
+    text = "yes" if agent.offered else f"[yellow]no ({agent.withheld_reason or '?'})[/]"
+    sick = [f"gpu {g.index} {g.health}" for g in agent.gpus if g.health in {"degraded", "failed"}]
+    return ", ".join([text, *sick])
+
+
 def fleet_table(agents: Sequence[Agent]) -> Table:
-    """Online first, then most free VRAM, most free cores, host name. The columns ``held``
-    and ``cordoned`` appear only when some agent has claims or a cordon (API with claims)."""
+    """Online first, then most free VRAM, most free cores, host name. The column ``jobs``
+    (offered or withheld, unhealthy GPUs) appears only when some agent reports presence or
+    GPU health; ``held`` and ``cordoned`` only when some agent has claims or a cordon."""
     extra = any(map(_claimed_or_cordoned, agents))
-    table = _table("fleetpulse fleet", _FLEET_COLUMNS + (("held", "cordoned") if extra else ()))
+    desktop = any(map(_reports_presence_or_health, agents))
+    columns = (
+        _FLEET_COLUMNS + (("jobs",) if desktop else ()) + (("held", "cordoned") if extra else ())
+    )
+    table = _table("fleetpulse fleet", columns)
     for a in sorted(agents, key=_order):
         table.add_row(
             a.hostname,
@@ -102,6 +119,7 @@ def fleet_table(agents: Sequence[Agent]) -> Table:
             str(a.gpu_count),
             f"{a.gpu_vram_available_gb:.1f}",
             _reliability(a),
+            *((_offer(a),) if desktop else ()),
             *((_held(a), _cordons(a)) if extra else ()),
         )
     return table

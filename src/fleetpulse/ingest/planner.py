@@ -3,7 +3,9 @@
 :func:`decode_batch` validates bodies; :func:`plan_batch` is given the registry state of
 the batch's agents (locked by the store) and decides, message by message, who may write
 (the broker identity bound to each agent), which rows to store and which status
-transitions to record.
+transitions to record. Besides status transitions, an agent's newest heartbeat records
+``withheld``/``offered`` when its owner's offer changes (an agent that does not report
+presence is offered) and ``gpu_health`` when the set of GPUs that are not ``ok`` changes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from fleetpulse.errors import MessageError
-from fleetpulse.messages import Goodbye, Heartbeat, Message, decode
+from fleetpulse.messages import Goodbye, GpuMetrics, Heartbeat, Message, decode
 from fleetpulse.store import (
     AgentState,
     BatchWrite,
@@ -34,6 +36,7 @@ __all__ = [
     "Plan",
     "Rejection",
     "decode_batch",
+    "gpu_health_summary",
     "pg_text_array",
     "plan_batch",
 ]
@@ -95,6 +98,22 @@ def pg_text_array(items: Sequence[str]) -> str:
         return "{}"
     quoted = ('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items)
     return "{" + ",".join(quoted) + "}"
+
+
+def _gpu_key(gpu: GpuMetrics) -> str:
+    return gpu.uuid or str(gpu.index)
+
+
+def gpu_health_summary(gpus: Sequence[GpuMetrics]) -> dict[str, str] | None:
+    """The GPUs that are not ``ok`` (uuid, else index -> ``degraded``/``failed``; a GPU with
+    an error is failed); None when there are none, so agents that never report health and
+    healthy ones look alike."""
+    sick = {
+        _gpu_key(g): "failed" if g.error else str(g.health)
+        for g in gpus
+        if g.error or g.health in {"degraded", "failed"}
+    }
+    return sick or None
 
 
 def _pool(heartbeat: Heartbeat, gpu_pool: str, cpu_pool: str) -> str:
@@ -164,7 +183,7 @@ def plan_batch(
             spells.see(message, delivery, pool)
     agents = sorted(spells.newest)
     registry = [spells.registry_row(a, principals.get(a)) for a in agents]
-    events = [e for a in agents if (e := spells.transition(a, state.get(a))) is not None]
+    events = [e for a in agents for e in spells.events(a, state.get(a))]
     write = BatchWrite(samples, gpus, registry, events, goodbyes)
     return Plan(write, rejected, accepted, len(goodbyes))
 
@@ -219,6 +238,7 @@ class _Spells:
     """Per agent within a batch: its newest heartbeat and the span of receive times."""
 
     newest: dict[uuid.UUID, tuple[Heartbeat, str]] = field(default_factory=dict)
+    newest_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
     first_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
@@ -227,10 +247,12 @@ class _Spells:
         seen = self.newest.get(agent_id)
         if seen is None:
             self.newest[agent_id] = (message, pool)
+            self.newest_received[agent_id] = received
             self.first_received[agent_id] = self.last_received[agent_id] = received
             return
         if message.sampled_at > seen[0].sampled_at:
             self.newest[agent_id] = (message, pool)
+            self.newest_received[agent_id] = received
         if received < self.first_received[agent_id]:
             self.first_received[agent_id] = received
         if received > self.last_received[agent_id]:
@@ -240,6 +262,8 @@ class _Spells:
         message, pool = self.newest[agent_id]
         metrics = message.resource_metrics
         stats = message.agent_stats
+        presence = message.presence
+        health = gpu_health_summary(metrics.gpus)
         return RegistryRow(
             agent_id=agent_id,
             hostname=message.hostname,
@@ -262,7 +286,35 @@ class _Spells:
             gpu_vram_available_gb=metrics.gpu_vram_available_gb,
             resource_metrics=_json.encode(metrics).decode(),
             agent_stats=None if stats is None else _json.encode(stats).decode(),
+            user_idle_s=None if presence is None else presence.user_idle_s,
+            presence_locked=None if presence is None else presence.locked,
+            presence_source=None if presence is None else presence.source,
+            offered=True if presence is None else presence.offered,
+            withheld_reason=None if presence is None else presence.withheld_reason,
+            gpu_health=None if health is None else _json.encode(health).decode(),
         )
+
+    def events(self, agent_id: uuid.UUID, before: AgentState | None) -> list[EventRow]:
+        """The batch's events of this agent: coming (back) online, then, when its newest
+        heartbeat is newer than what the registry holds, a change of offer or GPU health."""
+        found: list[EventRow] = []
+        online = self.transition(agent_id, before)
+        if online is not None:
+            found.append(online)
+        message, _pool = self.newest[agent_id]
+        stored = None if before is None else before.last_sampled_at
+        if stored is not None and message.sampled_at <= stored:
+            return found  # a late replay changes nothing the registry shows
+        at = self.newest_received[agent_id]
+        presence = message.presence
+        offered = True if presence is None else presence.offered
+        if offered != (True if before is None else before.offered):
+            reason = "offered" if offered else "withheld"
+            found.append(EventRow(agent_id, at, "online", "online", reason))
+        health = gpu_health_summary(message.resource_metrics.gpus)
+        if health != (None if before is None else before.gpu_health):
+            found.append(EventRow(agent_id, at, "online", "online", "gpu_health"))
+        return found
 
     def transition(self, agent_id: uuid.UUID, before: AgentState | None) -> EventRow | None:
         """The event of an agent coming (back) online in this batch, if it does."""

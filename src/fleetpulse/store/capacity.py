@@ -23,6 +23,9 @@ class CapacityFilter(msgspec.Struct, frozen=True, kw_only=True):
     max_sample_age_s: float | None = None
     min_reliability: float | None = None
     limit: int = 100
+    # degraded GPUs (health) count too; answered by a scan of the online agents, not the
+    # vectorised search, which holds the default rule
+    include_degraded: bool = False
 
     @property
     def gpus_needed(self) -> int:
@@ -39,10 +42,10 @@ class CapacityMatch(msgspec.Struct, frozen=True):
 
 
 def matching_gpus(record: AgentRecord, query: CapacityFilter) -> tuple[int, ...]:
-    """Indexes of the usable GPUs (:func:`~fleetpulse.gpus.usable_gpus`) that satisfy the
-    per-GPU conditions."""
+    """Indexes of the usable GPUs (:func:`~fleetpulse.gpus.usable_gpus`, degraded ones too
+    when the query includes them) that satisfy the per-GPU conditions."""
     vram, kind = query.min_gpu_vram_gb, query.gpu_type
-    usable = usable_gpus(record.gpus)
+    usable = usable_gpus(record.gpus, include_degraded=query.include_degraded)
     if kind is None:  # a list comprehension, not a generator: this runs once per row returned
         return tuple([g.index for g in usable if g.vram_free_gb >= vram])
     return tuple([g.index for g in usable if g.vram_free_gb >= vram and g.name == kind])

@@ -49,6 +49,13 @@ class GpuState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     temp_c: float | None = None
     power_w: float | None = None
     error: str | None = None
+    health: str | None = None
+    health_reasons: tuple[str, ...] = ()
+    xid_events: tuple[int, ...] = ()
+    throttle_reasons: tuple[str, ...] = ()
+    retired_pages: int | None = None
+    retired_pages_pending: bool | None = None
+    ecc_uncorrected: int | None = None
 
 
 class _AgentStats(msgspec.Struct, frozen=True, gc=False):
@@ -84,6 +91,13 @@ class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     gpu_probe_failures_total: int | None
     spool_dropped_total: int | None
     updated_at: datetime
+    # presence (migration 0004): None where the agent does not report it; offered unless
+    # its owner's policy withholds it
+    user_idle_s: float | None = None
+    presence_locked: bool | None = None
+    presence_source: str | None = None
+    offered: bool = True
+    withheld_reason: str | None = None
 
 
 class HostBucket(msgspec.Struct, frozen=True, kw_only=True):

@@ -227,7 +227,8 @@ class RegistryIndex:
         self._grow(len(self._records))
         slots = np.fromiter((s for s, _ in changed), dtype=np.intp, count=len(changed))
         rows = [r for _, r in changed]
-        self._online[slots] = [r.status == "online" for r in rows]
+        # capacity: online and offered by its owner (presence); a withheld agent is neither
+        self._online[slots] = [r.status == "online" and r.offered for r in rows]
         self._cores[slots] = [r.cpu_available_cores for r in rows]
         self._mem[slots] = [r.mem_available_gb for r in rows]
         self._vram[slots] = [r.gpu_vram_available_gb for r in rows]
@@ -366,7 +367,7 @@ class RegistryIndex:
                 clock >= asked_at and oldest >= clock - query.max_sample_age_s
             ):
                 return matches
-        matches = self._search(query, clock)
+        matches = self._scan(query, clock) if query.include_degraded else self._search(query, clock)
         if len(memo.answers) >= MEMO_ENTRIES or memo.rows + len(matches) > MEMO_ROWS:
             memo.answers.clear()
             memo.rows = 0
@@ -377,6 +378,45 @@ class RegistryIndex:
             oldest = min(float(sampled[self._slots[m.record.agent_id]]) for m in matches)
         memo.answers[query] = (matches, clock, oldest)
         return matches
+
+    def _scan(self, query: CapacityFilter, clock: float) -> list[CapacityMatch]:
+        """Every online, offered agent checked in Python against ``query`` (degraded GPUs
+        included), in capacity order by the VRAM those GPUs offer: slower than
+        :meth:`_search`, for the rarer question that accepts degraded GPUs."""
+        if query.limit <= 0:
+            return []
+        self._ensure_order()
+        need = query.gpus_needed
+        oldest = -math.inf if query.max_sample_age_s is None else clock - query.max_sample_age_s
+        ranked: list[tuple[float, int, int, CapacityMatch]] = []
+        for slot in self._online_order.slots.tolist():
+            record = self._records[slot]
+            if record is None:  # pragma: no cover - a removed slot is never online
+                continue
+            reliability = self._rel_of[slot]
+            sampled = record.last_sampled_at
+            if (
+                (query.pool is not None and record.pool_name != query.pool)
+                or record.cpu_available_cores < query.min_cpu_cores
+                or record.mem_available_gb < query.min_mem_gb
+                or (sampled.timestamp() if sampled else -math.inf) < oldest
+                or (
+                    query.min_reliability is not None
+                    and (reliability is None or reliability < query.min_reliability)
+                )
+            ):
+                continue
+            gpus = matching_gpus(record, query)
+            if len(gpus) < need:
+                continue
+            usable = usable_gpus(record.gpus, include_degraded=True)
+            vram = max((g.vram_free_gb for g in usable), default=0.0)
+            key = (-max(vram, record.gpu_vram_available_gb), -record.cpu_available_cores)
+            ranked.append(
+                (*key, _id_key(record.agent_id), CapacityMatch(record, gpus, reliability))
+            )
+        ranked.sort(key=lambda row: row[:3])
+        return [row[3] for row in ranked[: query.limit]]
 
     def _search(self, query: CapacityFilter, clock: float) -> list[CapacityMatch]:
         if query.limit <= 0:

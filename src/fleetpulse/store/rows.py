@@ -44,6 +44,7 @@ Int2 = Annotated[int, PgType("int2")]
 Int4 = Annotated[int, PgType("int4")]
 Int8 = Annotated[int, PgType("int8")]
 Float8 = Annotated[float, PgType("float8")]
+Bool = Annotated[bool, PgType("bool")]
 Text = Annotated[str, PgType("text")]
 # A PostgreSQL text[] literal, e.g. '{}' or '{"gpu: timeout after 2.0s"}'.
 TextArrayLiteral = Annotated[str, PgType("text", "text[]")]
@@ -115,6 +116,12 @@ class RegistryRow(NamedTuple):
     gpu_vram_available_gb: Float8
     resource_metrics: JsonText
     agent_stats: JsonText | None
+    user_idle_s: Float8 | None
+    presence_locked: Bool | None
+    presence_source: Text | None
+    offered: Bool
+    withheld_reason: Text | None
+    gpu_health: JsonText | None
 
 
 class GoodbyeRow(NamedTuple):
@@ -141,6 +148,8 @@ class AgentState(NamedTuple):
     status: str
     principal: str | None
     last_sampled_at: datetime | None
+    offered: bool = True
+    gpu_health: dict[str, str] | None = None
 
 
 class BatchWrite(NamedTuple):

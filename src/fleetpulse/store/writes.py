@@ -157,7 +157,8 @@ _GOODBYE_SQL: Final = (
 )
 
 _LOCK_SQL: Final = (
-    "SELECT agent_id, status, principal, last_sampled_at FROM agent_registry"
+    "SELECT agent_id, status, principal, last_sampled_at, offered, gpu_health"
+    " FROM agent_registry"
     " WHERE agent_id = ANY(%s::uuid[]) ORDER BY agent_id FOR UPDATE"
 )
 
@@ -254,4 +255,4 @@ async def _lock(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, A
     # One array literal: PostgreSQL parses it faster than psycopg dumps a list of UUIDs.
     literal = "{" + ",".join(map(str, agent_ids)) + "}"
     cur = await conn.execute(_LOCK_SQL, (literal,))
-    return {row[0]: AgentState(row[1], row[2], row[3]) for row in await cur.fetchall()}
+    return {row[0]: AgentState(*row[1:]) for row in await cur.fetchall()}

@@ -12,9 +12,17 @@ NOW = datetime(2026, 11, 24, 4, 0, tzinfo=UTC)
 
 
 def gpu(
-    index: int, free: float, *, name: str = "RTX", total: float = 24.0, error: str | None = None
+    index: int,
+    free: float,
+    *,
+    name: str = "RTX",
+    total: float = 24.0,
+    error: str | None = None,
+    health: str | None = None,
 ) -> GpuState:
-    return GpuState(index=index, name=name, vram_total_gb=total, vram_free_gb=free, error=error)
+    return GpuState(
+        index=index, name=name, vram_total_gb=total, vram_free_gb=free, error=error, health=health
+    )
 
 
 def record(
@@ -30,7 +38,7 @@ def record(
     agent_id: uuid.UUID | None = None,
     **extra: Any,
 ) -> AgentRecord:
-    usable = [g.vram_free_gb for g in gpus if not g.error]
+    usable = [g.vram_free_gb for g in gpus if not g.error and g.health in (None, "ok")]
     fields: dict[str, Any] = {
         "agent_id": agent_id or uuid.uuid5(uuid.NAMESPACE_DNS, hostname),
         "hostname": hostname,

@@ -48,3 +48,42 @@ def test_per_agent_series_follow_agent_id_order() -> None:
         if line.startswith("fleetpulse_agent_up{")
     ]
     assert ids == [str(r.agent_id) for r in sorted(rows, key=lambda r: r.agent_id)]
+
+
+def test_withheld_agents_and_unhealthy_gpus_by_bounded_reason() -> None:
+    from fleetpulse.store import GpuState
+
+    sick = GpuState(
+        index=1,
+        name="RTX",
+        vram_total_gb=24.0,
+        vram_free_gb=20.0,
+        health="degraded",
+        health_reasons=("xid:94", "throttle:hw_thermal"),
+    )
+    rows = [
+        record("a", gpus=(gpu(0, 10.0), sick), cores=8),
+        record("b", gpus=(gpu(0, 4.0),), cores=4, offered=False, withheld_reason="user_active"),
+        record("c", offered=False, withheld_reason="exclusive_process:blender"),
+        record("d", offered=False, withheld_reason="exclusive_process:zoom"),
+        record("e", gpus=(gpu(0, 1.0, error="gpu 0: GPU is lost"),)),
+    ]
+    text, _ = render_fleet(rows, now=NOW.timestamp(), per_agent_limit=10)
+    lines = text.decode().splitlines()
+    assert 'fleetpulse_agents_withheld{pool="render",reason="user_active"} 1' in lines
+    assert 'fleetpulse_agents_withheld{pool="render",reason="exclusive_process"} 2' in lines
+    assert not any("blender" in line for line in lines)  # bounded: no process names
+    assert 'fleetpulse_agents_withheld{pool="render",reason="outside_hours"} 0' in lines
+    assert 'fleetpulse_gpus_unhealthy{pool="render",health="degraded"} 1' in lines
+    assert 'fleetpulse_gpus_unhealthy{pool="render",health="failed"} 1' in lines
+    assert 'fleetpulse_gpu_health_reasons{pool="render",reason="xid"} 1' in lines
+    assert 'fleetpulse_gpu_health_reasons{pool="render",reason="throttle:hw_thermal"} 1' in lines
+    assert 'fleetpulse_gpu_health_reasons{pool="render",reason="error"} 1' in lines
+    # capacity: only a's healthy GPU and the cores of offered agents (a and e)
+    assert (
+        f'fleetpulse_capacity_gpu_vram_free_bytes{{pool="render",gpu_type="RTX"}} {int(10 * GIB)}'
+        in lines
+    )
+    assert 'fleetpulse_capacity_cpu_available_cores{pool="render"} 16' in lines
+    offered = [line for line in lines if line.startswith("fleetpulse_agent_offered{")]
+    assert sorted(line[-1] for line in offered) == ["0", "0", "0", "1", "1"]

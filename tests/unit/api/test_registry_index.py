@@ -191,6 +191,7 @@ def reference(
         gpus = matching_gpus(r, query)
         if (
             r.status != "online"
+            or not r.offered  # withheld by its owner (presence)
             or r.cpu_available_cores < query.min_cpu_cores
             or r.mem_available_gb < query.min_mem_gb
             or (query.pool is not None and r.pool_name != query.pool)
@@ -200,7 +201,16 @@ def reference(
         ):
             continue
         # "most free VRAM": what the agent reports, never below its best usable GPU
-        best = max((g.vram_free_gb for g in r.gpus if not g.error), default=-1.0)
+        best = max(
+            (
+                g.vram_free_gb
+                for g in r.gpus
+                if not g.error
+                and g.health != "failed"
+                and (query.include_degraded or g.health != "degraded")
+            ),
+            default=-1.0,
+        )
         key = (-max(r.gpu_vram_available_gb, best), -r.cpu_available_cores, r.agent_id.int)
         rows.append((key, r.hostname, gpus, rel))
     rows.sort(key=lambda row: row[0])
@@ -221,6 +231,7 @@ def test_random_fleets_and_filters_answer_as_the_brute_force_reference(seed: int
                 round(rng.uniform(0, 40), 1),
                 name=rng.choice(kinds) if rng.random() < 0.3 else main_kind,
                 error="Xid" if rng.random() < 0.1 else None,
+                health=rng.choice((None, "ok", "ok", "ok", "degraded", "failed")),
             )
             for i in range(rng.choice((0, 0, 1, 1, 2, 3, 4, 8, 9, 12)))
         )
@@ -233,6 +244,7 @@ def test_random_fleets_and_filters_answer_as_the_brute_force_reference(seed: int
             pool=rng.choice(("p", "q", "r")),
             sampled_ago_s=rng.choice((None, 1, 30, 100, 500)),
             updated=NOW + timedelta(seconds=version),
+            offered=rng.random() < 0.9,
         )
 
     index = RegistryIndex(initial_slots=4)
@@ -258,6 +270,7 @@ def test_random_fleets_and_filters_answer_as_the_brute_force_reference(seed: int
                 max_sample_age_s=rng.choice((None, None, 5, 60)),
                 min_reliability=rng.choice((None, None, 0.5)),
                 limit=rng.choice((1, 3, 20, 1000)),
+                include_degraded=rng.random() < 0.3,
             )
             got = [
                 (m.record.hostname, m.matching_gpus, m.reliability_30d)

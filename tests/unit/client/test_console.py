@@ -172,3 +172,25 @@ def test_bad_arguments_name_the_problem(argv: list[str], problem: str, capsys) -
         build_parser().parse_args(argv)
     assert caught.value.code == 2
     assert problem in capsys.readouterr().err
+
+
+def test_fleet_table_says_whether_a_machine_is_offered_and_which_gpus_are_sick() -> None:
+    gpu = {
+        "index": 1,
+        "uuid": "GPU-1",
+        "name": "L4",
+        "vram_total_gb": 24.0,
+        "vram_free_gb": 20.0,
+        "util_pct": None,
+        "temp_c": None,
+        "power_w": None,
+        "error": None,
+        "health": "degraded",
+    }
+    rows = [
+        _agent(hostname="ws-a", offered=False, withheld_reason="user_active", gpus=[gpu]),
+        _agent(hostname="ws-b"),
+    ]
+    text = _text(fleet_table(rows))
+    assert "no (user_active), gpu 1 degraded" in text
+    assert "jobs" in text

@@ -101,6 +101,7 @@ def _calls() -> dict[tuple[str, str], client_calls.Call[Any]]:
             max_sample_age_s=1,
             min_reliability=0.5,
             limit=1,
+            include_degraded=True,
         ),
         client_calls.history(agent, since=_T, until=_T, bucket="1m"),
         client_calls.events(agent_id=agent, since=_T, until=_T, after_id=1, limit=1),

@@ -271,6 +271,14 @@ def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats(
         gpu_vram_available_gb=11.5,
         resource_metrics=row.resource_metrics,
         agent_stats=row.agent_stats,
+        # an agent that does not report presence: offered, nothing known; its GPU with an
+        # error is a failed one
+        user_idle_s=None,
+        presence_locked=None,
+        presence_source=None,
+        offered=True,
+        withheld_reason=None,
+        gpu_health='{"GPU-bbbb":"failed"}',
     )
     assert msgspec.json.decode(row.resource_metrics, type=ResourceMetrics) == (
         newest.resource_metrics

@@ -194,6 +194,15 @@ class AgentRoutes(Controller):
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many.")
         ] = 100,
+        include_degraded: Annotated[
+            bool,
+            QueryParameter(
+                description=(
+                    "Count GPUs whose health is degraded (XID errors, thermal throttling,"
+                    " pending page retirement) as capacity; default false. Failed GPUs never are."
+                )
+            ),
+        ] = False,
     ) -> Response[bytes]:
         services = services_of(request.app.state)
         query = CapacityFilter(
@@ -206,6 +215,7 @@ class AgentRoutes(Controller):
             max_sample_age_s=max_sample_age_s if max_sample_age_s < MAX_AGE_S else None,
             min_reliability=min_reliability if min_reliability > 0 else None,
             limit=limit,
+            include_degraded=include_degraded,
         )
         now = time.time()
         matches = services.claimable.query(services.index, query, now)

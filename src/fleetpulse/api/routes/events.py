@@ -30,11 +30,17 @@ AgentFilter = Annotated[uuid.UUID | None, QueryParameter(description="Only this 
 
 def _kind(reason: str) -> str:
     """The SSE event name: ``status`` for transitions (as always), ``claim`` and ``cordon``
-    for those changes (a client listening for ``status`` alone sees nothing new)."""
+    for those changes, ``offer`` for an owner withholding or offering the machine,
+    ``gpu_health`` for a change of GPU health (a client listening for ``status`` alone sees
+    nothing new)."""
     if reason.startswith("claim_"):
         return "claim"
     if reason in ("cordon", "uncordon"):
         return "cordon"
+    if reason in ("withheld", "offered"):
+        return "offer"
+    if reason == "gpu_health":
+        return "gpu_health"
     return "status"
 
 
@@ -123,7 +129,8 @@ class EventRoutes(Controller):
         summary="Status transitions as Server-Sent Events",
         description=(
             "Each event: `id` = event id, `event: status` (or `claim`, `cordon` for those"
-            " changes), `data` = an Event as JSON; pushed"
+            " changes, `offer` for withheld/offered, `gpu_health` for a change of GPU health),"
+            " `data` = an Event as JSON; pushed"
             " from the database (LISTEN/NOTIFY) as the detector decides. Reconnect with"
             " `Last-Event-ID` to receive what was missed. Comments keep idle streams open."
         ),
