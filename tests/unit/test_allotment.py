@@ -147,3 +147,34 @@ def test_the_last_slot_fits_exactly_once() -> None:
     two = Holding(claims=(one, _claim((1, 12.0))))
     assert isinstance(fit(HOST, two, ask, NOW), Refusal)
     assert two.next_expiry() == NOW + timedelta(seconds=60)
+
+
+def test_a_withheld_agent_and_an_unhealthy_gpu_are_not_claimable() -> None:
+    withheld = record(
+        "ws-w",
+        gpus=(_gpu(0, 20.0),),
+        cores=16,
+        offered=False,
+        withheld_reason="user_active",
+    )
+    refused = fit(withheld, Holding(), ClaimAsk(cpu_cores=1), NOW)
+    assert isinstance(refused, Refusal)
+    assert "withheld by its owner (user_active)" in refused.reason
+    sick = GpuState(
+        index=1,
+        uuid="GPU-1",
+        name="RTX",
+        vram_total_gb=24.0,
+        vram_free_gb=24.0,
+        health="degraded",
+        health_reasons=("xid:94",),
+    )
+    host = record("ws-s", gpus=(_gpu(0, 20.0), sick), cores=16)
+    a = allot(host, Holding(), NOW)
+    assert [g.vram_claimable_gb for g in a.gpus] == [20.0, 0.0]
+    assert a.gpu_vram_claimable_gb == 20.0
+    named = fit(host, Holding(), ClaimAsk(gpus=("GPU-1",), vram_gb=1.0), NOW)
+    assert isinstance(named, Refusal)
+    assert "is degraded (xid:94)" in named.reason
+    two = fit(host, Holding(), ClaimAsk(vram_gb=1.0, gpu_count=2), NOW)
+    assert isinstance(two, Refusal)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from fleetpulse.gpus import is_usable
+
 if TYPE_CHECKING:
     from fleetpulse.store.queries import AgentRecord
 
@@ -167,7 +169,7 @@ def allot(record: AgentRecord, holding: Holding, now: datetime) -> Allotment:
         held = held_by_uuid.get(g.uuid, 0.0) if g.uuid else held_by_index.get(g.index, 0.0)
         cordon = cordons.get(g.uuid) if g.uuid else None
         claimable = 0.0
-        if not g.error and cordon is None:
+        if is_usable(g) and cordon is None:
             claimable = max(0.0, min(g.vram_free_gb, g.vram_total_gb - held))
             best = max(best, claimable)
         gpus.append(
@@ -192,8 +194,7 @@ def allot(record: AgentRecord, holding: Holding, now: datetime) -> Allotment:
 
 
 def _usable(record: AgentRecord, allotment: Allotment, k: int) -> bool:
-    g = record.gpus[k]
-    return not g.error and allotment.gpus[k].cordon is None
+    return is_usable(record.gpus[k]) and allotment.gpus[k].cordon is None
 
 
 def _chosen(
@@ -225,6 +226,10 @@ def fit(
     why it cannot be had. ``allotment``: ``allot(record, holding, now)`` if already known."""
     if record.status != "online":
         return Refusal(f"agent {record.agent_id} is {record.status}")
+    if not record.offered:
+        return Refusal(
+            f"agent {record.agent_id} is withheld by its owner ({record.withheld_reason})"
+        )
     if holding.cordon is not None:
         c = holding.cordon
         return Refusal(f"agent {record.agent_id} is cordoned by {c.by}: {c.reason}")
@@ -250,6 +255,9 @@ def fit(
                 return Refusal(f"GPU {g.uuid or g.index} is cordoned by {a.cordon.by}")
             if g.error:
                 return Refusal(f"GPU {g.uuid or g.index} reports an error: {g.error}")
+            if not is_usable(g):
+                reasons = ", ".join(g.health_reasons) or "no reason given"
+                return Refusal(f"GPU {g.uuid or g.index} is {g.health} ({reasons})")
             if ask.vram_gb > a.vram_claimable_gb + EPSILON:
                 return Refusal(
                     f"{ask.vram_gb:g} GiB asked on GPU {g.uuid or g.index},"

@@ -23,6 +23,7 @@ from typing import Final
 
 import msgspec
 
+from fleetpulse.gpus import is_usable
 from fleetpulse.store.allotment import Allotment, Holding, allot
 from fleetpulse.store.capacity import CapacityFilter, CapacityMatch
 from fleetpulse.store.holdings import Holdings
@@ -46,7 +47,7 @@ def claimable_gpus(
         [
             g.index
             for g, a in zip(record.gpus, allotment.gpus, strict=True)
-            if not g.error
+            if is_usable(g)
             and a.cordon is None
             and a.vram_claimable_gb >= vram
             and (kind is None or g.name == kind)
@@ -58,7 +59,7 @@ def _observed_key(record: AgentRecord) -> float:
     """The index's sort key: free VRAM, never below the best usable GPU's."""
     key = record.gpu_vram_available_gb
     for g in record.gpus:
-        if g.vram_free_gb > key and not g.error:
+        if g.vram_free_gb > key and is_usable(g):
             key = g.vram_free_gb
     return key
 
