@@ -126,6 +126,9 @@ def test_claimable_answers_equal_the_brute_force_reference(seed: int) -> None:
         )
         got = [(m.record.agent_id, m.matching_gpus) for m in view.query(index, q, CLOCK)]
         assert got == _reference(fleet, holdings, q), q
+        # claims come and go between questions: what the view remembered must follow
+        moved = rng.choice(fleet)
+        holdings.put(moved.agent_id, _holdings(rng, [moved, moved, moved]).get(moved.agent_id))
 
 
 def test_nothing_held_answers_with_the_index_list_itself() -> None:

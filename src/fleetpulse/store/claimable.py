@@ -35,6 +35,9 @@ __all__ = ["ClaimableView", "claimable_gpus"]
 GROWTH: Final = 4  # how much more of the index's answer to ask for when rows are uncertain
 MEMO_ENTRIES: Final = 256
 MAX_ROWS: Final = 1_000_000
+VERDICTS_PER_QUERY: Final = 100_000
+_Row = tuple[float, int, int, bool, CapacityMatch]
+_Verdict = tuple[AgentRecord, Holding, float, _Row | None, float | None]
 
 
 def claimable_gpus(
@@ -78,6 +81,8 @@ class ClaimableView:
         self._memo: dict[CapacityFilter, tuple[tuple[int, int, int], float, list[CapacityMatch]]]
         self._memo = {}
         self._keys: dict[int, tuple[AgentRecord, float]] = {}  # id(record) -> its sort key
+        # question (limit 0) -> agent -> (record, holding, valid until, row or None, reliability)
+        self._verdicts: dict[CapacityFilter, dict[uuid.UUID, _Verdict]] = {}
 
     def allotment(self, record: AgentRecord, now: float) -> Allotment | None:
         """The agent's claimable figures; None when nothing is held on it (then they are the
@@ -122,40 +127,47 @@ class ClaimableView:
         limit = query.limit
         asked = limit
         valid = math.inf
+        # A held row's verdict for this question, kept while its record and holding are the
+        # same objects: a claim changes one agent, the rows walked past are the others.
+        base = msgspec.structs.replace(query, limit=0)
+        verdicts = self._verdicts.get(base)
+        if verdicts is None or len(verdicts) > VERDICTS_PER_QUERY:
+            if len(self._verdicts) >= MEMO_ENTRIES:
+                self._verdicts.clear()
+            verdicts = self._verdicts[base] = {}
         while True:
             raw = index.query(msgspec.structs.replace(query, limit=asked), now)
             kept: list[tuple[float, int, int, bool, CapacityMatch]] = []
             reordered = False
             for match in raw:
                 record = match.record
-                allotment = self.allotment(record, now)
-                if allotment is None:
+                holding = self.holdings.get(record.agent_id)
+                if holding.empty:
                     kept.append((0.0, 0, 0, True, match))
                     continue
-                cached = self._allotments.get(record.agent_id)
-                if cached is not None:
-                    valid = min(valid, cached[3])
-                if not allotment.schedulable:
-                    reordered = True
-                    continue
-                gpus = claimable_gpus(record, allotment, query)
-                if (
-                    len(gpus) < query.gpus_needed
-                    or allotment.cpu_claimable_cores < query.min_cpu_cores
-                    or allotment.mem_claimable_gb < query.min_mem_gb
-                ):
-                    reordered = True
-                    continue
                 reordered = True
-                kept.append(
-                    (
-                        allotment.gpu_vram_claimable_gb,
-                        allotment.cpu_claimable_cores,
-                        1,
-                        False,
-                        CapacityMatch(record, gpus, match.reliability_30d, allotment),
+                seen = verdicts.get(record.agent_id)
+                if (
+                    seen is not None
+                    and seen[0] is record
+                    and seen[1] is holding
+                    and now < seen[2]
+                    and seen[4] == match.reliability_30d
+                ):
+                    verdict = seen[3]
+                    valid = min(valid, seen[2])
+                else:
+                    verdict, until = self._verdict(match, query, now)
+                    verdicts[record.agent_id] = (
+                        record,
+                        holding,
+                        until,
+                        verdict,
+                        match.reliability_30d,
                     )
-                )
+                    valid = min(valid, until)
+                if verdict is not None:
+                    kept.append(verdict)
             exhausted = len(raw) < asked
             if not reordered:
                 return raw[:limit] if len(raw) > limit else raw, valid
@@ -165,6 +177,34 @@ class ClaimableView:
             if exhausted or asked >= MAX_ROWS:  # pragma: no cover - exhausted returns above
                 return [k[4] for k in kept][:limit], valid
             asked *= GROWTH
+
+    def _verdict(
+        self, match: CapacityMatch, query: CapacityFilter, now: float
+    ) -> tuple[tuple[float, int, int, bool, CapacityMatch] | None, float]:
+        """A held agent's row on its claimable figures (None: it no longer matches), and
+        until when that holds."""
+        record = match.record
+        allotment = self.allotment(record, now)
+        cached = self._allotments.get(record.agent_id)
+        until = cached[3] if cached is not None else now
+        if allotment is None:  # pragma: no cover - only asked for agents holding something
+            return (0.0, 0, 0, True, match), until
+        gpus = claimable_gpus(record, allotment, query)
+        if (
+            not allotment.schedulable
+            or len(gpus) < query.gpus_needed
+            or allotment.cpu_claimable_cores < query.min_cpu_cores
+            or allotment.mem_claimable_gb < query.min_mem_gb
+        ):
+            return None, until
+        row = CapacityMatch(record, gpus, match.reliability_30d, allotment)
+        return (
+            allotment.gpu_vram_claimable_gb,
+            allotment.cpu_claimable_cores,
+            1,
+            False,
+            row,
+        ), until
 
     def _key(self, record: AgentRecord) -> float:
         cached = self._keys.get(id(record))
