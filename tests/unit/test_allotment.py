@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from fleetpulse.store.allotment import (
+    EPSILON,
     ClaimAsk,
     ClaimedGpu,
     ClaimRecord,
@@ -178,3 +179,129 @@ def test_a_withheld_agent_and_an_unhealthy_gpu_are_not_claimable() -> None:
     assert "is degraded (xid:94)" in named.reason
     two = fit(host, Holding(), ClaimAsk(vram_gb=1.0, gpu_count=2), NOW)
     assert isinstance(two, Refusal)
+
+
+# -- the arithmetic at its edges -----------------------------------------------------------
+
+
+def test_a_claim_expiring_right_now_holds_nothing_and_next_expiry_skips_ended_ones() -> None:
+    now_ending = _claim((0, 16.0), ttl_s=0.0)
+    assert allot(HOST, Holding(claims=(now_ending,)), NOW).claims == 0
+    soon, later = _claim((0, 1.0), ttl_s=30.0), _claim((1, 1.0), ttl_s=90.0)
+    ended = _claim((1, 1.0), ttl_s=10.0, ended_at=NOW, end_reason="released")
+    holding = Holding(claims=(later, ended, soon))
+    assert holding.next_expiry() == NOW + timedelta(seconds=30)
+    assert holding.next_expiry(after=NOW + timedelta(seconds=30)) == NOW + timedelta(seconds=90)
+    assert holding.next_expiry(after=NOW + timedelta(seconds=90)) is None
+    assert Holding(claims=(ended,)).next_expiry() is None
+    assert Holding().next_expiry() is None
+
+
+def test_several_claims_add_up_per_gpu_and_per_host() -> None:
+    claims = (
+        _claim((0, 4.0), cores=3, mem=10.0),
+        _claim((0, 6.0), (1, 2.0), cores=2, mem=5.5),
+        _claim(cores=1, mem=0.5),
+    )
+    a = allot(HOST, Holding(claims=claims), NOW)
+    assert [(g.index, g.uuid, g.vram_held_gb) for g in a.gpus] == [
+        (0, "GPU-0", 10.0),
+        (1, "GPU-1", 2.0),
+    ]
+    assert [g.vram_claimable_gb for g in a.gpus] == [14.0, 22.0]
+    assert (a.claims, a.cpu_held_cores, a.cpu_claimable_cores) == (3, 6, 10)
+    assert (a.mem_held_gb, a.mem_claimable_gb) == (16.0, 32.0)
+    assert a.gpu_vram_claimable_gb == 22.0
+
+
+def test_gpus_without_a_uuid_are_held_by_index() -> None:
+    nameless = GpuState(index=0, uuid="", name="RTX", vram_total_gb=24.0, vram_free_gb=24.0)
+    other = GpuState(index=1, uuid="", name="RTX", vram_total_gb=24.0, vram_free_gb=24.0)
+    host = record("old-driver", gpus=(nameless, other))
+    by_index = ClaimedGpu(index=0, uuid="", vram_gb=5.0)
+    claims = tuple(
+        ClaimRecord(
+            claim_id=uuid.uuid4(),
+            agent_id=host.agent_id,
+            holder="sched",
+            gpus=(by_index,),
+            cpu_cores=0,
+            mem_gb=0.0,
+            created_at=NOW,
+            expires_at=NOW + timedelta(seconds=60),
+        )
+        for _ in range(2)
+    )
+    a = allot(host, Holding(claims=claims), NOW)
+    assert [(g.index, g.vram_held_gb, g.vram_claimable_gb) for g in a.gpus] == [
+        (0, 10.0, 14.0),
+        (1, 0.0, 24.0),
+    ]
+
+
+def test_held_figures_are_rounded_to_six_decimals_and_never_go_below_zero() -> None:
+    a = allot(HOST, Holding(claims=(_claim((0, 0.1)), _claim((0, 0.2), mem=1.23456789))), NOW)
+    assert a.gpus[0].vram_held_gb == 0.3  # not 0.30000000000000004
+    assert a.mem_held_gb == 1.234568
+    assert a.mem_claimable_gb == 32.0
+    over = allot(HOST, Holding(claims=(_claim((0, 30.0), cores=40, mem=100.0),)), NOW)
+    assert over.gpus[0].vram_claimable_gb == 0.0
+    assert (over.cpu_claimable_cores, over.mem_claimable_gb) == (0, 0.0)
+
+
+def test_with_every_gpu_cordoned_or_failed_nothing_is_claimable_and_the_cordon_shows() -> None:
+    host = record("ws", gpus=(_gpu(0, 20.0), _gpu(1, 24.0, error="Xid 79")))
+    agent_cordon = _cordon()
+    a = allot(host, Holding(cordon=agent_cordon, gpu_cordons=(_cordon("GPU-0"),)), NOW)
+    assert a.gpu_vram_claimable_gb == 0.0
+    assert a.cordon == agent_cordon
+    assert not a.schedulable
+
+
+def test_an_ask_of_exactly_what_is_left_fits_float_noise_included() -> None:
+    left = Holding(claims=(_claim((0, 4.0), mem=8.0),))  # GPU 0: min(20 free, 24 - 4 held)
+    a = allot(HOST, left, NOW)
+    assert (a.gpus[0].vram_claimable_gb, a.mem_claimable_gb) == (20.0, 32.0)
+    for noise in (0.0, EPSILON):
+        exact = ClaimAsk(vram_gb=20.0 + noise, mem_gb=32.0 + noise)
+        assert not isinstance(fit(HOST, left, exact, NOW), Refusal)
+        by_gpu = ClaimAsk(vram_gb=20.0 + noise, gpus=("GPU-0",))
+        assert not isinstance(fit(HOST, left, by_gpu, NOW), Refusal)
+        by_count = ClaimAsk(vram_gb=24.0 + noise, gpu_count=1)
+        assert fit(HOST, left, by_count, NOW) == (
+            ClaimedGpu(index=1, uuid="GPU-1", vram_gb=24.0 + noise),
+        )
+    assert isinstance(fit(HOST, left, ClaimAsk(mem_gb=32.001), NOW), Refusal)
+    assert isinstance(fit(HOST, left, ClaimAsk(vram_gb=20.001, gpus=(0,)), NOW), Refusal)
+
+
+def test_picking_by_count_skips_failed_gpus_and_other_types() -> None:
+    host = record(
+        "ws",
+        gpus=(
+            _gpu(0, 0.0, error="Xid 79"),
+            GpuState(index=1, uuid="GPU-1", name="L4", vram_total_gb=24.0, vram_free_gb=24.0),
+            _gpu(2, 24.0),
+        ),
+    )
+    assert fit(host, Holding(), ClaimAsk(gpu_count=1), NOW) == (
+        ClaimedGpu(index=1, uuid="GPU-1", vram_gb=0.0),
+    )
+    assert fit(host, Holding(), ClaimAsk(gpu_count=1, gpu_type="RTX"), NOW) == (
+        ClaimedGpu(index=2, uuid="GPU-2", vram_gb=0.0),
+    )
+
+
+def test_refusals_name_the_gpu_by_its_uuid() -> None:
+    failed = record("ws", gpus=(_gpu(0, 0.0, error="Xid 79"),))
+    cases = [
+        (HOST, Holding(gpu_cordons=(_cordon("GPU-0"),)), ClaimAsk(gpus=(0,))),
+        (failed, Holding(), ClaimAsk(gpus=(0,))),
+        (HOST, Holding(), ClaimAsk(vram_gb=21.0, gpus=(0,))),
+    ]
+    reasons = [fit(host, holding, ask, NOW) for host, holding, ask in cases]
+    assert reasons == [
+        Refusal("GPU GPU-0 is cordoned by ops"),
+        Refusal("GPU GPU-0 reports an error: Xid 79"),
+        Refusal("21 GiB asked on GPU GPU-0, 20 claimable"),
+    ]
