@@ -74,6 +74,8 @@ RMQ_HOST=127.0.0.1
 RMQ_AMQP_PORT=5672
 RMQ_API_URL=http://127.0.0.1:15672/api/overview
 RMQ_WAIT_S=60
+RMQ_CONF=/etc/rabbitmq/rabbitmq.conf
+RMQ_FLEETPULSE_CONF=$(dirname "$SCRIPT")/rabbitmq-fleetpulse.conf   # the settings we need, one source
 
 LOCK_FILE=/var/tmp/fleetpulse-services.lock
 
@@ -232,7 +234,34 @@ probe_rabbitmq() {
     body=$(curl -fsS -m 5 -u guest:guest "$RMQ_API_URL" 2>&3) || return 1
     ver=$(sed -n 's/.*"rabbitmq_version":"\([^"]*\)".*/\1/p' <<<"$body")
     RMQ_INFO="RabbitMQ ${ver:-?} on $RMQ_HOST:$RMQ_AMQP_PORT, management API http://127.0.0.1:15672 (guest/guest)"
-    return 0
+    rabbitmq_config_current
+}
+
+# the settings of rabbitmq-fleetpulse.conf ("key = value" lines), as they must appear in rabbitmq.conf
+rabbitmq_settings() { grep -E '^[a-z_.]+ *= *' "$RMQ_FLEETPULSE_CONF" | sed 's/ *= */ = /'; }
+rabbitmq_config_current() { # every setting is in rabbitmq.conf (a file check; no root needed)
+    local line
+    [[ -r $RMQ_CONF ]] || return 1
+    while read -r line; do
+        grep -qxF "$line" "$RMQ_CONF" || return 1
+    done < <(rabbitmq_settings)
+}
+rabbitmq_apply_config() { # write missing settings, and set them on the running node (no restart)
+    local line key value
+    mkdir -p "$(dirname "$RMQ_CONF")"
+    touch "$RMQ_CONF"
+    while read -r line; do
+        key=${line%% =*}
+        value=${line#*= }
+        grep -qxF "$line" "$RMQ_CONF" && continue
+        sed -i "/^${key//./\\.} *=/d" "$RMQ_CONF"
+        printf '# %s\n%s\n' "$MARK" "$line" >>"$RMQ_CONF"
+        if tcp_open "$RMQ_HOST" "$RMQ_AMQP_PORT" && [[ $value =~ ^[0-9]+$ ]]; then
+            run rabbitmqctl eval "application:set_env(rabbit, $key, $value)." ||
+                fail "rabbitmqctl could not set $key on the running node" "$HINT"
+        fi
+        RMQ_ACTIONS+=("set $key = $value")
+    done < <(rabbitmq_settings)
 }
 
 # pids of a prometheus started by the Debian package's service (it runs as user prometheus; the tests'
@@ -577,10 +606,19 @@ ensure_rabbitmq() {
     SVC=rabbitmq
     HINT="see the log and /var/log/rabbitmq/"
     local actions=() i out t0=$SECONDS
+    RMQ_ACTIONS=()
+    if ! rabbitmq_config_current && have rabbitmqctl; then
+        rabbitmq_apply_config
+        if probe_rabbitmq; then
+            echo "rabbitmq: $(join_actions "${RMQ_ACTIONS[@]}"); running with the management plugin enabled ($RMQ_INFO)"
+            return 0
+        fi
+    fi
     if probe_rabbitmq; then
         echo "rabbitmq: already running, management plugin enabled ($RMQ_INFO)"
         return 0
     fi
+    actions+=("${RMQ_ACTIONS[@]}")
     [[ " ${INSTALLED[*]} " == *" rabbitmq-server "* ]] && actions+=("installed rabbitmq-server")
     have rabbitmq-server || fail "rabbitmq-server is not installed" "apt-get install rabbitmq-server"
     have curl || fail "curl is not installed" "apt-get install curl"

@@ -337,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     creds.set_defaults(handler=_agent_credentials)
     creds.add_argument("name", help="the RabbitMQ user name")
-    creds.add_argument("--agent-id", default=None, help="restrict to this agent's routing keys")
+    creds.add_argument(
+        "--agent-id", default=None, help="the one agent it may publish for (default: a new id)"
+    )
     creds.add_argument("--password", default=None, help="default: generated and printed")
     return parser
 

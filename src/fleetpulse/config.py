@@ -177,6 +177,13 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Deprecated, still accepted: every batch is written with COPY; `unnest` is ignored."""
     commit_pipeline: PositiveInt = 2
     """Batches written concurrently by one ingest process."""
+    max_unacked_bytes: PositiveInt = 128 * 1024 * 1024
+    """Bytes of bodies held unsettled: at most this ÷ 72 KiB (the broker's limit) messages are
+    taken unacked; past it held the consumer pauses until half is settled."""
+    dead_letter_max_messages: PositiveInt = 100_000
+    """`fleetpulse.dead` keeps at most this many messages; past it the oldest are dropped."""
+    dead_letter_max_bytes: PositiveInt = 256 * 1024 * 1024
+    """`fleetpulse.dead` keeps at most this many bytes; past it the oldest are dropped."""
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

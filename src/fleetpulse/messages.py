@@ -17,6 +17,7 @@ import msgspec
 from fleetpulse.errors import MessageError
 
 __all__ = [
+    "BROKER_MAX_MESSAGE_BYTES",
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_QUEUE",
     "EXCHANGE",
@@ -41,6 +42,8 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 MAX_BODY_BYTES: Final = 64 * 1024
+# The broker's max_message_size (scripts/rabbitmq-fleetpulse.conf): it refuses bigger bodies.
+BROKER_MAX_MESSAGE_BYTES: Final = 72 * 1024
 EXCHANGE: Final = "fleetpulse.heartbeats"
 INGEST_QUEUE: Final = "fleetpulse.ingest"
 DEAD_LETTER_EXCHANGE: Final = "fleetpulse.dead"

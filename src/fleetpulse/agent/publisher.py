@@ -33,6 +33,7 @@ from typing import Any, Final, Self
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractExchange
 
 from fleetpulse.agent.heartbeat import restamp
@@ -60,6 +61,10 @@ BATCH_SIZE: Final = 256
 
 class _Unroutable(Exception):
     pass
+
+
+class _NoExchange(aiormq.exceptions.AMQPError):
+    """The heartbeat exchange is missing: keep spooling and retry, as if disconnected."""
 
 
 class Publisher:
@@ -93,6 +98,7 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self._failing = False
+        self.last_error: str | None = None  # why the last connect or send failed
         self.connections_total = 0
         self.reconnects_total = 0
         self.published_total = 0
@@ -198,6 +204,7 @@ class Publisher:
                 await self._serve()
             except CONNECTION_EXCEPTIONS as exc:
                 reason = str(exc) or type(exc).__name__
+                self.last_error = reason
                 if self.connected.is_set():
                     log.warning(
                         "broker connection lost (%s); spooling", reason, extra={"reason": reason}
@@ -225,9 +232,12 @@ class Publisher:
         self._connection = connection
         connection.close_callbacks.add(self._on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await channel.declare_exchange(
-            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        try:
+            self._exchange = await channel.declare_exchange(EXCHANGE, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise _NoExchange(
+                f"exchange {EXCHANGE} does not exist yet (ingest declares it)"
+            ) from exc
         self.connections_total += 1
         if self.connections_total > 1:
             self.reconnects_total += 1

@@ -367,10 +367,12 @@ MAX_CORES = 65_536
 MAX_TTL_S = 86_400.0
 Gb = Annotated[float, msgspec.Meta(ge=0, le=MAX_GB)]
 Cores = Annotated[int, msgspec.Meta(ge=0, le=MAX_CORES)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+# PostgreSQL text cannot hold NUL: a string that would go to it with one is a 400, not a 500.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)]
 GpuSelector = (
     Annotated[int, msgspec.Meta(ge=0, le=1023)]
-    | Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    | Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=NO_NUL)]
 )
 
 
@@ -382,8 +384,8 @@ class ClaimFilter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_cpu_cores: Cores = 0
     min_mem_gb: Gb = 0.0
     min_gpu_count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
-    gpu_type: Annotated[str, msgspec.Meta(max_length=255)] | None = None
-    pool: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    gpu_type: Annotated[str, msgspec.Meta(max_length=255, pattern=NO_NUL)] | None = None
+    pool: Annotated[str, msgspec.Meta(max_length=255, pattern=NO_NUL)] | None = None
     max_sample_age_s: Annotated[float, msgspec.Meta(gt=0, le=1e9)] | None = None
     min_reliability: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
@@ -435,7 +437,7 @@ class ClaimList(msgspec.Struct, kw_only=True):
 
 
 class CordonBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000, pattern=NO_NUL)]
     by: Name
 
 

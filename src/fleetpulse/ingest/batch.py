@@ -42,6 +42,9 @@ class Session:
     generation: int
     consumer_tag: str = ""
     lost: bool = False
+    held_bytes: int = 0  # bodies received and not yet settled
+    paused: bool = False  # consumer cancelled while held_bytes was over the limit
+    flow: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass(slots=True)

@@ -1,10 +1,19 @@
-"""``fleetpulse admin agent-credentials``: a RabbitMQ user that may only publish heartbeats."""
+"""``fleetpulse admin agent-credentials``: a RabbitMQ user that may only publish heartbeats.
+
+The user is bound to one agent when it is created: its topic permission admits only
+``heartbeat.<pool>.<agent_id>`` routing keys (the broker enforces it), and ingest refuses a
+message whose body names another agent than its routing key. Without ``--agent-id`` a new
+agent id is drawn and printed, for ``FLEETPULSE_AGENT_ID`` on that machine. The user may
+configure nothing (no declare, no delete): the agent only checks, passively, that the
+exchange is there.
+"""
 
 from __future__ import annotations
 
 import re
 import secrets
 import sys
+import uuid
 from typing import TextIO
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -20,19 +29,17 @@ __all__ = ["AgentPermissions", "agent_permissions", "create_agent_credentials"]
 class AgentPermissions:
     """The vhost and topic permissions of one agent user (regular expressions)."""
 
-    def __init__(self, agent_id: str | None) -> None:
-        exchange = "^" + re.escape(EXCHANGE) + "$"
-        # The agent declares the heartbeat exchange (idempotently) and publishes to it; it
-        # reads nothing and may create nothing else.
-        self.configure = exchange
-        self.write = exchange
+    def __init__(self, agent_id: str) -> None:
+        # The agent publishes to the heartbeat exchange and nothing else: it may not declare,
+        # re-declare or delete anything (configure), and reads nothing.
+        self.configure = "^$"
+        self.write = "^" + re.escape(EXCHANGE) + "$"
         self.read = "^$"
-        agent = re.escape(agent_id) if agent_id else "[^.]+"
-        self.topic_write = rf"^heartbeat\.[^.]+\.{agent}$"
+        self.topic_write = rf"^heartbeat\.[^.]+\.{re.escape(agent_id)}$"
         self.topic_read = "^$"
 
 
-def agent_permissions(agent_id: str | None) -> AgentPermissions:
+def agent_permissions(agent_id: str) -> AgentPermissions:
     return AgentPermissions(agent_id)
 
 
@@ -50,8 +57,17 @@ def create_agent_credentials(
     transport: httpx.BaseTransport | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Create (or update) the user, grant it heartbeat-publishing only, print its AMQP URL."""
+    """Create (or update) the user, grant it heartbeat-publishing for one agent only (a new
+    agent id when none is given), print its AMQP URL and agent id."""
     out = out or sys.stdout
+    if agent_id is None:
+        agent_id = str(uuid.uuid4())
+    else:
+        try:
+            agent_id = str(uuid.UUID(agent_id))
+        except ValueError:
+            print(f"fleetpulse: --agent-id {agent_id!r} is not a UUID", file=sys.stderr)
+            return 2
     generated = password is None
     secret = password if password is not None else secrets.token_urlsafe(24)
     management = urlsplit(settings.amqp.management_url)
@@ -102,13 +118,14 @@ def create_agent_credentials(
     agent_url = urlunsplit(
         amqp._replace(netloc=f"{quote(name, safe='')}:{quote(secret, safe='')}@{host}{port}")
     )
-    scope = f"agent {agent_id}" if agent_id else "any agent"
     print(
-        f"created RabbitMQ user {name!r} on vhost {vhost!r}: may publish heartbeats for {scope}",
+        f"created RabbitMQ user {name!r} on vhost {vhost!r}: may publish heartbeats for agent"
+        f" {agent_id} only",
         file=out,
     )
     if generated:
         print(f"password: {secret}", file=out)
     print(f"agent AMQP URL: {agent_url}", file=out)
-    print("set it as FLEETPULSE_AMQP_URL on that agent", file=out)
+    print(f"agent id: {agent_id}", file=out)
+    print(f"set FLEETPULSE_AMQP_URL and FLEETPULSE_AGENT_ID={agent_id} on that agent", file=out)
     return 0

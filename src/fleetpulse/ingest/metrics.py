@@ -75,6 +75,29 @@ class IngestMetrics:
             "Batch writes retried after a database fault",
             registry=r,
         )
+        self.topology_ok = Gauge(
+            "fleetpulse_ingest_topology_ok",
+            "1 while the heartbeat exchange and the ingest queue's binding are as declared",
+            registry=r,
+        )
+        self.topology_repairs = Counter(
+            "fleetpulse_ingest_topology_repairs",
+            "Broker topology faults found and repaired, by problem",
+            ["problem"],
+            registry=r,
+        )
+        for problem in ("exchange_missing", "exchange_mismatch"):
+            self.topology_repairs.labels(problem)
+        self.unacked_bytes = Gauge(
+            "fleetpulse_ingest_unacked_bytes",
+            "Bytes of message bodies ingest holds, received and not yet settled",
+            registry=r,
+        )
+        self.consumer_pauses = Counter(
+            "fleetpulse_ingest_consumer_pauses",
+            "Times ingest stopped consuming because it held ingest.max_unacked_bytes",
+            registry=r,
+        )
         self.detector_runs = Counter(
             "fleetpulse_detector_runs", "Silence sweeps run by the acting detector", registry=r
         )

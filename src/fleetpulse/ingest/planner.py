@@ -55,6 +55,8 @@ class Delivery:
     routing_key: str = ""
     headers: dict[str, Any] | None = None
     generation: int = 0
+    content_type: str | None = None
+    content_encoding: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,10 +83,36 @@ class Plan:
     goodbyes: int = 0
 
 
+def _content_refusal(delivery: Delivery) -> MessageError | None:
+    """Strict about what the body claims to be: JSON (no ``content_type`` is taken as JSON,
+    as minimal publishers send it), never encoded. A body said to be something else is not
+    read as JSON on a guess."""
+    content_type = delivery.content_type
+    if content_type and content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return MessageError(
+            f"content_type {content_type[:100]!r} is not application/json", reason="content_type"
+        )
+    encoding = delivery.content_encoding
+    if encoding and encoding.strip().lower() != "identity":
+        return MessageError(
+            f"content_encoding {encoding[:100]!r} is not supported (bodies are plain JSON)",
+            reason="content_encoding",
+        )
+    return None
+
+
 def decode_batch(deliveries: Sequence[Delivery]) -> tuple[list[Decoded], list[Rejection]]:
     decoded: list[Decoded] = []
     rejected: list[Rejection] = []
     for delivery in deliveries:
+        refusal = (
+            _content_refusal(delivery)
+            if delivery.content_type or delivery.content_encoding
+            else None
+        )
+        if refusal is not None:
+            rejected.append(Rejection(delivery, refusal.reason, refusal.detail, "invalid"))
+            continue
         try:
             decoded.append(Decoded(delivery, decode(delivery.body)))
         except MessageError as exc:
@@ -124,23 +152,29 @@ def _pool(heartbeat: Heartbeat, gpu_pool: str, cpu_pool: str) -> str:
 
 
 def _check_identity(
-    agent_id: uuid.UUID,
-    user_id: str | None,
+    message: Message,
+    delivery: Delivery,
     principals: dict[uuid.UUID, str | None],
     require_user_id: bool,
 ) -> str | None:
-    """None when allowed, else why not. Binds the first identity seen for a new agent."""
+    """None when allowed, else why not.
+
+    The agent segment of the routing key must name the body's agent: the broker confines a
+    per-agent user to its own routing keys, so this confines it to its own agent. An agent
+    bound to a broker identity (``principal``) accepts only that identity; seeing an agent
+    binds nothing (credentials are bound when they are created).
+    """
+    agent_id = message.agent_id
+    user_id = delivery.user_id
+    keyed = delivery.routing_key.rpartition(".")[2]
+    if keyed != str(agent_id):
+        return (
+            f"routing key {delivery.routing_key!r} names agent {keyed!r}, the body agent {agent_id}"
+        )
     if user_id is None and require_user_id:
         return "message carries no broker user_id and ingest.require_user_id is set"
-    if agent_id not in principals:
-        principals[agent_id] = user_id
-        return None
-    bound = principals[agent_id]
-    if bound is None:
-        if user_id is not None:
-            principals[agent_id] = user_id
-        return None
-    if user_id != bound:
+    bound = principals.get(agent_id)
+    if bound is not None and user_id != bound:
         return f"agent {agent_id} is bound to broker user {bound!r}, message came from {user_id!r}"
     return None
 
@@ -164,7 +198,7 @@ def plan_batch(
     gpus: list[GpuRow] = []
     for item in decoded:
         message, delivery = item.message, item.delivery
-        refusal = _check_identity(message.agent_id, delivery.user_id, principals, require_user_id)
+        refusal = _check_identity(message, delivery, principals, require_user_id)
         if refusal is not None:
             rejected.append(Rejection(delivery, "unauthorised", refusal, "unauthorised"))
         elif isinstance(message, Goodbye):

@@ -8,10 +8,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from prometheus_client import start_http_server
-
 from fleetpulse.config import Settings
 from fleetpulse.ingest.detector import SilenceDetector
+from fleetpulse.ingest.endpoint import serve_endpoint
+from fleetpulse.ingest.memory import map_big_blocks
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.worker import Ingest, utc_now
 from fleetpulse.lifecycle import run_main, stop_signals
@@ -30,14 +30,20 @@ async def serve(
 ) -> int:
     """Run until ``stop`` is set (or SIGINT/SIGTERM): stop intake, drain, ack, close."""
     stop = stop or asyncio.Event()
+    map_big_blocks()
     metrics = IngestMetrics()
-    server, thread = start_http_server(
-        settings.ingest.metrics_port, settings.ingest.metrics_host, registry=metrics.registry
+    ingest = Ingest(settings, metrics=metrics, clock=clock)
+    server, thread = serve_endpoint(
+        settings.ingest.metrics_host,
+        settings.ingest.metrics_port,
+        metrics.registry,
+        ingest.readiness,
     )
     log.info(
-        "ingest metrics on http://%s:%d/metrics", settings.ingest.metrics_host, server.server_port
+        "ingest metrics on http://%s:%d/metrics (and /readyz)",
+        settings.ingest.metrics_host,
+        server.server_port,
     )
-    ingest = Ingest(settings, metrics=metrics, clock=clock)
 
     def on_signal() -> None:
         stop.set()

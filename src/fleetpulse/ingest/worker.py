@@ -5,6 +5,11 @@ One AMQP connection (aiormq directly, no aio-pika robust layer: reconnects are o
 with a consuming channel and a confirming channel for dead letters. Deliveries pile up
 in a buffer while the previous batch commits, so batches size themselves to the load.
 What happens to each batch (decode, write, settle, account) is :mod:`.batch`'s.
+
+Memory is bounded in bytes as well as messages: the broker refuses a body over its
+``max_message_size``, the prefetch count is cut so that that many of the biggest bodies fit
+in ``ingest.max_unacked_bytes``, and should a broker allow bigger ones, the consumer is
+cancelled past that many bytes held until half of them are settled.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 import aiormq
 import aiormq.abc
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from fleetpulse.broker import BrokerUrls
@@ -27,11 +33,18 @@ from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import ServiceUnavailable
 from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS
+from fleetpulse.ingest.memory import TRIM_AFTER_BYTES, trim
 from fleetpulse.ingest.metrics import IngestMetrics
 from fleetpulse.ingest.planner import Delivery
-from fleetpulse.ingest.topology import declare_topology
+from fleetpulse.ingest.topology import (
+    DeadLetterLimits,
+    TopologyChannels,
+    TopologyReport,
+    check_topology,
+    declare_topology,
+)
 from fleetpulse.lifecycle import Backoff
-from fleetpulse.messages import INGEST_QUEUE
+from fleetpulse.messages import BROKER_MAX_MESSAGE_BYTES, INGEST_QUEUE
 from fleetpulse.store import Database
 
 __all__ = ["AMQP_CONNECTION_ERRORS", "CommitReport", "Ingest", "utc_now"]
@@ -87,6 +100,12 @@ class Ingest:
         self._generation = 0
         self._session: Session | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._flow_tasks: set[asyncio.Task[None]] = set()
+        self.held_bytes_peak = 0  # the most bytes of bodies ever held unsettled at once
+        self._trim_due = False
+        # What the last topology check could not repair, or repaired (one check long).
+        self.topology_problems: list[str] = []
+        self._topology: TopologyChannels | None = None
         self._batches = BatchProcessor(
             self.db, self.config, self.metrics, sleep=sleep, on_commit=lambda: self.on_commit
         )
@@ -140,7 +159,8 @@ class Ingest:
                 log.warning(
                     "ingest drain exceeded %.1fs; unacked messages will be redelivered", limit
                 )
-        await asyncio.gather(*others, return_exceptions=True)
+        # A consumer change in flight finishes (cancelling an RPC midway closes the channel).
+        await asyncio.gather(*others, *self._flow_tasks, return_exceptions=True)
         await self.db.close()
         self.state = "closed"
 
@@ -190,17 +210,16 @@ class Ingest:
             self.brokers.current, client_properties={"connection_name": self.name}
         )
         try:
-            self.queue_type = await declare_topology(connection)
+            report = TopologyReport()
+            self.queue_type = await declare_topology(connection, self._dead_letter_limits(), report)
+            self._note_topology(report)
             channel = await connection.channel(publisher_confirms=False)
             dead_letters = await connection.channel(publisher_confirms=True)
-            await channel.basic_qos(prefetch_count=self.config.prefetch)
+            await channel.basic_qos(prefetch_count=self.prefetch_count)
             self._generation += 1
             session = Session(connection, channel, dead_letters, self._generation)
             self._session = session
-            consume_ok = await channel.basic_consume(
-                INGEST_QUEUE, self._on_message_for(session), no_ack=False
-            )
-            session.consumer_tag = consume_ok.consumer_tag or ""
+            await self._consume(session)
             self.sessions_started += 1
             self.consuming.set()
             backoff.reset()
@@ -216,6 +235,72 @@ class Ingest:
             with contextlib.suppress(*AMQP_CONNECTION_ERRORS, RuntimeError):
                 await connection.close()
 
+    @property
+    def prefetch_count(self) -> int:
+        """Unacked messages at most: ``prefetch``, and no more than ``max_unacked_bytes`` of
+        bodies as big as the broker allows (prefetch counts messages, never bytes)."""
+        by_bytes = self.config.max_unacked_bytes // BROKER_MAX_MESSAGE_BYTES
+        return max(1, min(self.config.prefetch, by_bytes))
+
+    def _dead_letter_limits(self) -> DeadLetterLimits:
+        return DeadLetterLimits(
+            self.config.dead_letter_max_messages, self.config.dead_letter_max_bytes
+        )
+
+    async def _consume(self, session: Session) -> None:
+        consume_ok = await session.channel.basic_consume(
+            INGEST_QUEUE, self._on_message_for(session), no_ack=False
+        )
+        session.consumer_tag = consume_ok.consumer_tag or ""
+
+    def _flow(self, session: Session, pause: bool) -> None:
+        """Cancel the consumer (``pause``) or consume again, in order, off the callback."""
+        session.paused = pause
+        if pause:
+            self.metrics.consumer_pauses.inc()
+            log.warning(
+                "ingest holds %d unsettled bytes (limit %d); pausing consumption",
+                session.held_bytes,
+                self.config.max_unacked_bytes,
+            )
+
+        async def change() -> None:
+            async with session.flow:
+                if session.lost or session.channel.is_closed or pause != session.paused:
+                    return
+                with contextlib.suppress(*AMQP_CONNECTION_ERRORS, ChannelInvalidStateError):
+                    if pause:
+                        await session.channel.basic_cancel(session.consumer_tag)
+                    elif not self._stop.is_set():
+                        await self._consume(session)
+
+        task = asyncio.create_task(change(), name="ingest-flow")
+        self._flow_tasks.add(task)
+        task.add_done_callback(self._flow_tasks.discard)
+
+    def _release(self, session: Session, batch: Sequence[Delivery]) -> None:
+        session.held_bytes -= sum(len(d.body) for d in batch)
+        if session is self._session:
+            self.metrics.unacked_bytes.set(session.held_bytes)
+        if session.held_bytes <= 0 and self._trim_due:
+            # After a burst of big bodies: give the freed memory back to the system.
+            self._trim_due = False
+            trim()
+        if session.paused and session.held_bytes <= self.config.max_unacked_bytes // 2:
+            self._flow(session, pause=False)
+
+    async def _process(
+        self,
+        batch: list[Delivery],
+        session: Session,
+        previous: asyncio.Future[bool] | None,
+        settled: asyncio.Future[bool],
+    ) -> None:
+        try:
+            await self._batches.process(batch, session, previous, settled)
+        finally:
+            self._release(session, batch)
+
     def _on_message_for(self, session: Session) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
         buffer = self._buffer
         clock = self.clock
@@ -223,6 +308,8 @@ class Ingest:
         batch_max = self.config.batch_max_messages
         wakeup = self._wakeup
         full = self._full
+        max_bytes = self.config.max_unacked_bytes
+        unacked_bytes = self.metrics.unacked_bytes
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             if session.lost:
@@ -230,6 +317,14 @@ class Ingest:
             properties = message.header.properties
             delivery = message.delivery
             assert isinstance(delivery, Basic.Deliver)
+            session.held_bytes += len(message.body)
+            unacked_bytes.set(session.held_bytes)
+            if session.held_bytes > self.held_bytes_peak:
+                self.held_bytes_peak = session.held_bytes
+            if session.held_bytes > TRIM_AFTER_BYTES:
+                self._trim_due = True
+            if session.held_bytes > max_bytes and not session.paused:
+                self._flow(session, pause=True)
             buffer.append(
                 Delivery(
                     delivery.delivery_tag or 0,
@@ -239,6 +334,8 @@ class Ingest:
                     delivery.routing_key or "",
                     properties.headers,
                     generation,
+                    properties.content_type,
+                    properties.content_encoding,
                 )
             )
             size = len(buffer)
@@ -292,9 +389,7 @@ class Ingest:
                 batch = self._buffer[:batch_max]
                 del self._buffer[:batch_max]
                 settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                inflight.add(
-                    asyncio.create_task(self._batches.process(batch, session, previous, settled))
-                )
+                inflight.add(asyncio.create_task(self._process(batch, session, previous, settled)))
                 previous = settled
                 # What is left waited through earlier commits: due as soon as a slot frees.
                 self._first_at = time.monotonic() - age_s
@@ -305,17 +400,45 @@ class Ingest:
 
     async def _drain(self, session: Session, previous: asyncio.Future[bool] | None) -> None:
         if session.consumer_tag:
-            with contextlib.suppress(*AMQP_CONNECTION_ERRORS):
-                await session.channel.basic_cancel(session.consumer_tag)
+            async with session.flow:  # not while a pause or a resume is under way
+                with contextlib.suppress(*AMQP_CONNECTION_ERRORS, ChannelInvalidStateError):
+                    await session.channel.basic_cancel(session.consumer_tag)
         batch_max = self.config.batch_max_messages
         while self._buffer:
             batch = self._buffer[:batch_max]
             del self._buffer[:batch_max]
             settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            await self._batches.process(batch, session, previous, settled)
+            await self._process(batch, session, previous, settled)
             previous = settled
 
-    # ------------------------------------------------------------------ queue depth
+    # ------------------------------------------------------------------ queue depth, topology
+
+    def _note_topology(self, report: TopologyReport) -> None:
+        for problem in report.repaired:
+            self.metrics.topology_repairs.labels(problem).inc()
+        self.topology_problems = [*report.problems, *(f"repaired {p}" for p in report.repaired)]
+        self.metrics.topology_ok.set(0 if report.problems else 1)
+
+    async def check_topology(self) -> TopologyReport | None:
+        """Check (and repair) the topology now; None without a broker session."""
+        session = self._session
+        if session is None or session.connection.is_closed:
+            return None
+        if self._topology is None or self._topology.connection is not session.connection:
+            self._topology = TopologyChannels(session.connection)
+        report = await check_topology(self._topology)
+        self._note_topology(report)
+        return report
+
+    def readiness(self) -> list[str]:
+        """Why ingest is not ready (empty: ready): not consuming, or a topology fault."""
+        problems: list[str] = []
+        if self.state != "running":
+            problems.append(f"ingest is {self.state}")
+        elif not self.consuming.is_set():
+            problems.append("not consuming (no broker connection)")
+        problems.extend(f"broker topology: {p}" for p in self.topology_problems)
+        return problems
 
     async def _watch_queue_depth(self) -> None:
         while True:
@@ -324,6 +447,7 @@ class Ingest:
                 try:
                     declared = await session.dead_letters.queue_declare(INGEST_QUEUE, passive=True)
                     self.metrics.queue_depth.set(declared.message_count or 0)
+                    await self.check_topology()
                 except AMQP_CONNECTION_ERRORS as exc:
                     log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(self.config.queue_depth_interval_s)

@@ -54,19 +54,26 @@ def fake_agent(amqp_url: str, state_dir: Path, clock: FakeClock, **settings: obj
     )
 
 
-async def test_agent_starts_connects_and_declares_the_exchange(
+async def test_agent_never_declares_the_exchange_and_waits_for_it(
     amqp_url: str, tmp_path: Path
 ) -> None:
+    """The agent only checks, passively, that the exchange is there (its broker user may
+    configure nothing); until ingest has declared it, samples stay in the spool."""
     clock = FakeClock()
-    # nothing is bound yet, so the sample stays spooled: a short goodbye budget
-    async with running(fake_agent(amqp_url, tmp_path, clock, goodbye_timeout_s=0.2)) as agent:
+    # a long backoff after the first refusal: the stop finds the publisher waiting, not
+    # halfway through a connect
+    slow = {"reconnect_initial_s": 60.0, "reconnect_max_s": 60.0, "goodbye_timeout_s": 0.2}
+    async with running(fake_agent(amqp_url, tmp_path, clock, **slow)) as agent:
         assert agent.publisher is not None
-        await asyncio.wait_for(agent.publisher.connected.wait(), 10)
+        publisher = agent.publisher
+        await eventually(lambda: "does not exist" in (publisher.last_error or ""))
+        assert not publisher.connected.is_set()
+        assert agent.spool.depth >= 1
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
-            exchange = await channel.declare_exchange(EXCHANGE, passive=True)
-            assert exchange.name == EXCHANGE
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await channel.declare_exchange(EXCHANGE, passive=True)
 
 
 async def test_first_heartbeat_carries_the_whole_contract(
@@ -313,8 +320,9 @@ async def test_invalid_pool_stops_the_agent_at_start(amqp_url: str, tmp_path: Pa
 async def test_an_agent_with_publish_only_credentials_is_enough(
     amqp_url: str, amqp_vhost: str, rabbit_admin: RabbitAdmin, tmp_path: Path, inbox: Inbox
 ) -> None:
-    """The least a broker user needs: configure+write on the heartbeat exchange, its own
-    routing keys; ``user_id`` on every message is that user, as the broker validates."""
+    """The least a broker user needs: write on the heartbeat exchange (no configure at all),
+    its own routing keys; ``user_id`` on every message is that user, as the broker
+    validates."""
     user = f"agent-{uuid.uuid4().hex[:8]}"
     agent_id = uuid.uuid4()
     vhost = quote(amqp_vhost, safe="")
@@ -323,8 +331,7 @@ async def test_an_agent_with_publish_only_credentials_is_enough(
     try:
         client.put(
             f"/api/permissions/{vhost}/{user}",
-            json={"configure": "^fleetpulse\\.heartbeats$", "write": "^fleetpulse\\.heartbeats$",
-                  "read": "^$"},
+            json={"configure": "^$", "write": "^fleetpulse\\.heartbeats$", "read": "^$"},
         ).raise_for_status()  # fmt: skip
         client.put(
             f"/api/topic-permissions/{vhost}/{user}",

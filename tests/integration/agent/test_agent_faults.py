@@ -15,7 +15,14 @@ import pytest
 
 from fleetpulse.agent import Agent, FakeClock, FakeHostCollector, GpuCollector, HostCollector
 from fleetpulse.agent.fake_nvml import scenario_env
-from tests.fixtures.agent import Inbox, agent_settings, eventually, running, via_port
+from tests.fixtures.agent import (
+    Inbox,
+    agent_settings,
+    declare_exchange,
+    eventually,
+    running,
+    via_port,
+)
 from tests.fixtures.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.timeout(40), pytest.mark.slow(5)]
@@ -267,6 +274,7 @@ async def test_samples_wait_in_the_spool_until_a_queue_is_bound(
     amqp_url: str, tmp_path: Path
 ) -> None:
     clock = FakeClock()
+    await declare_exchange(amqp_url)  # as ingest does; nothing bound to it yet
     agent = Agent(agent_settings(amqp_url, tmp_path), collectors=[FakeHostCollector()], clock=clock)
     start = clock.now()
     async with agent:

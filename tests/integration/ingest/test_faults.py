@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import aiormq
 import psycopg
@@ -15,11 +14,9 @@ import pytest
 from psycopg import sql
 
 from fleetpulse.agent import FakeClock
-from fleetpulse.config import AmqpSettings
 from fleetpulse.ingest import (
     IngestMetrics,
     SilenceDetector,
-    create_agent_credentials,
     declare_topology,
 )
 from fleetpulse.messages import DEAD_LETTER_QUEUE, INGEST_QUEUE
@@ -211,90 +208,6 @@ async def test_poison_batch_is_split_good_messages_commit(
     (dead,) = response.json()
     assert dead["properties"]["headers"]["x-fleetpulse-reason"] == "refused_by_database"
     assert str(poison.agent_id) in dead["payload"]
-
-
-@pytest.fixture
-def agent_user(rabbit_admin, amqp_url: str) -> Iterator[object]:
-    created: list[str] = []
-
-    def make(agent_id: uuid.UUID | None, capsys_out: object = None) -> str:
-        name = f"fp-test-{uuid.uuid4().hex[:10]}"
-        password = uuid.uuid4().hex
-        settings = settings_for("postgresql://unused", amqp_url)
-        settings = type(settings)(
-            amqp=AmqpSettings(url=amqp_url), database=settings.database, ingest=settings.ingest
-        )
-        code = create_agent_credentials(
-            settings, name=name, agent_id=str(agent_id) if agent_id else None, password=password
-        )
-        assert code == 0
-        created.append(name)
-        parts = urlsplit(amqp_url)
-        return urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port}"))
-
-    yield make
-    for name in created:
-        rabbit_admin.client.delete(f"/api/users/{name}")
-
-
-def _user(url: str) -> str:
-    return urlsplit(url).username or ""
-
-
-async def test_spoofed_identity_rejected(
-    db_url: str,
-    amqp_url: str,
-    agent_user: object,
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    alice_agent, mallory_agent = uuid.uuid4(), uuid.uuid4()
-    alice = agent_user(alice_agent)  # type: ignore[operator]
-    mallory = agent_user(mallory_agent)  # type: ignore[operator]
-    assert "agent AMQP URL: amqp://" in capsys.readouterr().out
-    caplog.set_level(logging.WARNING, logger="fleetpulse.security")
-    async with running_ingest(settings_for(db_url, amqp_url)) as (ingest, rec, _d):
-        await publish(alice, [heartbeat(alice_agent, 1, hostname="alice")], user_id=_user(alice))
-        await wait_until(lambda: rec.heartbeats == 1)
-        # Mallory may publish on her own routing key, but the body claims Alice's agent.
-        forged = heartbeat(alice_agent, 2, hostname="forged", metrics=resources(mem_free=0.0))
-        await publish(
-            mallory,
-            [forged],
-            user_id=_user(mallory),
-            key=f"heartbeat.default.{mallory_agent}",
-        )
-        await wait_until(lambda: len(rec.rejected) == 1)
-        assert ingest.metrics.messages.labels("unauthorised")._value.get() == 1
-    assert query(db_url, "SELECT hostname, last_seq, principal FROM agent_registry") == [
-        ("alice", 1, _user(alice))
-    ]
-    assert scalar(db_url, "SELECT count(*) FROM agent_samples") == 1
-    assert any("security" in r.getMessage() for r in caplog.records)
-
-
-async def test_agent_credentials_confine_routing_keys(
-    db_url: str, amqp_url: str, agent_user: object
-) -> None:
-    own = uuid.uuid4()
-    url = agent_user(own)  # type: ignore[operator]
-    other = heartbeat(uuid.uuid4(), 1)
-    with pytest.raises(aiormq.exceptions.AMQPError):
-        await publish(url, [other], user_id=_user(url))
-    # ... and its own key works.
-    async with running_ingest(settings_for(db_url, amqp_url)) as (_, rec, _d):
-        await publish(url, [heartbeat(own, 1)], user_id=_user(url))
-        await wait_until(lambda: rec.heartbeats == 1)
-
-
-async def test_require_user_id_rejects_anonymous_heartbeats(db_url: str, amqp_url: str) -> None:
-    settings = settings_for(db_url, amqp_url, require_user_id=True)
-    async with running_ingest(settings) as (_, rec, _d):
-        await publish(amqp_url, [heartbeat(uuid.uuid4(), 1)])
-        await publish(amqp_url, [heartbeat(uuid.uuid4(), 1)], user_id="guest")
-        await wait_until(lambda: rec.heartbeats == 1 and len(rec.rejected) == 1)
-    assert rec.rejected[0].reason == "unauthorised"
-    assert scalar(db_url, "SELECT principal FROM agent_registry") == "guest"
 
 
 async def test_graceful_stop_drains_the_buffered_batch(db_url: str, amqp_url: str) -> None:

@@ -274,3 +274,45 @@ def await_dead_letters(rabbit_admin, vhost: str, count: int) -> list[dict]:
     messages = response.json()
     assert len(messages) == count, messages
     return messages
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content_encoding", "reason"),
+    [
+        ("text/plain", None, "content_type"),
+        ("application/xml", None, "content_type"),
+        ("application/json", "gzip", "content_encoding"),
+        (None, "br", "content_encoding"),
+    ],
+)
+async def test_a_body_said_to_be_other_than_plain_json_is_refused(
+    db_url: str,
+    amqp_url: str,
+    rabbit_admin,
+    amqp_vhost: str,
+    content_type: str | None,
+    content_encoding: str | None,
+    reason: str,
+) -> None:
+    """Strict: a heartbeat whose properties say it is not plain JSON is dead-lettered with
+    the reason, never read as JSON on a guess (the body here is valid JSON all the same)."""
+    agent = uuid.uuid4()
+    async with running_ingest(settings_for(db_url, amqp_url)) as (_, rec, _d):
+        await publish(
+            amqp_url,
+            [heartbeat(agent, 1)],
+            content_type=content_type,
+            content_encoding=content_encoding,
+        )
+        await wait_until(lambda: len(rec.rejected) == 1)
+        # JSON with a charset, or no content_type at all (minimal publishers), is JSON
+        await publish(
+            amqp_url, [heartbeat(agent, 2)], content_type="application/json; charset=utf-8"
+        )
+        await publish(
+            amqp_url, [heartbeat(agent, 3)], content_type=None, content_encoding="identity"
+        )
+        await wait_until(lambda: rec.heartbeats == 2)
+    assert scalar(db_url, "SELECT array_agg(seq ORDER BY seq) FROM agent_samples") == [2, 3]
+    dead = await_dead_letters(rabbit_admin, amqp_vhost, 1)
+    assert dead[0]["properties"]["headers"]["x-fleetpulse-reason"] == reason

@@ -9,7 +9,7 @@ import psycopg
 
 from fleetpulse import store
 from fleetpulse.ingest import Decoded, Delivery, plan_batch
-from fleetpulse.messages import encode
+from fleetpulse.messages import encode, routing_key
 from fleetpulse.store import AgentState, WriteResult
 from tests.fixtures.ingest import T0, heartbeat, query, scalar, wait_until
 
@@ -23,7 +23,9 @@ RAW_REGISTER = (
 async def test_concurrent_registration_replans_instead_of_doubling(db_url: str) -> None:
     agent = uuid.uuid4()
     message = heartbeat(agent, 1)
-    items = [Decoded(Delivery(1, encode(message), "mallory", T0), message)]
+    items = [
+        Decoded(Delivery(1, encode(message), "mallory", T0, routing_key(None, agent)), message)
+    ]
     states: list[dict[uuid.UUID, AgentState]] = []
     rejected: list[str] = []
 

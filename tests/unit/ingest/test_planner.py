@@ -13,9 +13,11 @@ from fleetpulse.messages import (
     AgentStats,
     GpuMetrics,
     Heartbeat,
+    Message,
     ResourceMetrics,
     WorkStatus,
     encode,
+    routing_key,
 )
 from fleetpulse.store import AgentState, GoodbyeRow, GpuRow, RegistryRow, SampleRow
 from tests.fixtures.ingest import PROFILES, T0, goodbye, gpu, heartbeat, resources
@@ -24,15 +26,27 @@ A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 B = uuid.UUID("00000000-0000-4000-8000-00000000000b")
 
 
-def delivery(tag: int, body: bytes = b"", user: str | None = None, offset_s: float = 0) -> Delivery:
-    return Delivery(tag, body, user, T0 + timedelta(seconds=100 + offset_s))
+def delivery(
+    tag: int,
+    body: bytes = b"",
+    user: str | None = None,
+    offset_s: float = 0,
+    agent: uuid.UUID | str = "",
+) -> Delivery:
+    key = routing_key(None, agent) if agent else ""
+    return Delivery(tag, body, user, T0 + timedelta(seconds=100 + offset_s), key)
+
+
+def item(tag: int, message: Message, user: str | None = None, key: str | None = None) -> Decoded:
+    """A decoded delivery on the message's own routing key (or ``key``)."""
+    got = delivery(tag, encode(message), user, offset_s=tag, agent=message.agent_id)
+    if key is not None:
+        got.routing_key = key
+    return Decoded(got, message)
 
 
 def decoded(*items, user: str | None = None) -> list[Decoded]:
-    out = []
-    for n, message in enumerate(items, start=1):
-        out.append(Decoded(delivery(n, encode(message), user, offset_s=n), message))
-    return out
+    return [item(n, message, user) for n, message in enumerate(items, start=1)]
 
 
 def test_decode_batch_splits_valid_from_invalid() -> None:
@@ -43,47 +57,64 @@ def test_decode_batch_splits_valid_from_invalid() -> None:
     assert [(r.delivery.tag, r.reason, r.result) for r in rejected] == [(2, "malformed", "invalid")]
 
 
-def test_new_agent_binds_first_user_id_and_rejects_another() -> None:
+def test_first_sight_binds_nothing() -> None:
+    """Seeing an agent binds no identity to it: a squatter's first heartbeat cannot lock the
+    real agent out (credentials are bound when they are created, by the broker)."""
     items = [
-        Decoded(delivery(1, user="alice"), heartbeat(A, 1)),
-        Decoded(delivery(2, user="mallory"), heartbeat(A, 2)),
-        Decoded(delivery(3, user=None), heartbeat(A, 3)),
+        item(1, heartbeat(A, 1), "mallory"),
+        item(2, heartbeat(A, 2), "alice"),
+        item(3, heartbeat(A, 3), None),
     ]
     plan = plan_batch(items, {})
-    assert [s.seq for s in plan.write.samples] == [1]
-    assert [(r.delivery.tag, r.reason) for r in plan.rejected] == [
-        (2, "unauthorised"),
-        (3, "unauthorised"),
+    assert [s.seq for s in plan.write.samples] == [1, 2, 3]
+    assert plan.rejected == []
+    assert plan.write.registry[0].principal is None
+
+
+def test_routing_key_must_name_the_body_agent() -> None:
+    """The broker confines a per-agent user to its routing keys; the body must agree."""
+    items = [
+        item(1, heartbeat(A, 1), "mallory", key=routing_key(None, B)),
+        item(2, goodbye(A), "mallory", key=routing_key("render", B)),
+        item(3, heartbeat(A, 3), "mallory", key="heartbeat.default"),
+        item(4, heartbeat(A, 4), "alice"),
     ]
-    assert plan.write.registry[0].principal == "alice"
+    plan = plan_batch(items, {})
+    assert [s.seq for s in plan.write.samples] == [4]
+    assert [(r.delivery.tag, r.reason, r.result) for r in plan.rejected] == [
+        (1, "unauthorised", "unauthorised"),
+        (2, "unauthorised", "unauthorised"),
+        (3, "unauthorised", "unauthorised"),
+    ]
+    assert f"names agent '{B}'" in plan.rejected[0].detail
 
 
 def test_bound_principal_from_registry_is_enforced() -> None:
     state = {A: AgentState("online", "alice", T0)}
     items = [
-        Decoded(delivery(1, user="bob"), heartbeat(A, 1)),
-        Decoded(delivery(2, user="alice"), heartbeat(A, 2)),
+        item(1, heartbeat(A, 1), "bob"),
+        item(2, heartbeat(A, 2), "alice"),
     ]
     plan = plan_batch(items, state)
     assert [s.seq for s in plan.write.samples] == [2]
     assert "bound to broker user 'alice'" in plan.rejected[0].detail
 
 
-def test_unbound_agent_accepts_anyone_and_binds_the_first_identity_seen() -> None:
+def test_unbound_agent_accepts_anyone_and_binds_nobody() -> None:
     state = {A: AgentState("online", None, T0)}
     items = [
-        Decoded(delivery(1, user=None), heartbeat(A, 1)),
-        Decoded(delivery(2, user="carol"), heartbeat(A, 2)),
-        Decoded(delivery(3, user="dave"), heartbeat(A, 3)),
+        item(1, heartbeat(A, 1), None),
+        item(2, heartbeat(A, 2), "carol"),
+        item(3, heartbeat(A, 3), "dave"),
     ]
     plan = plan_batch(items, state)
-    assert [s.seq for s in plan.write.samples] == [1, 2]
-    assert plan.write.registry[0].principal == "carol"
-    assert len(plan.rejected) == 1
+    assert [s.seq for s in plan.write.samples] == [1, 2, 3]
+    assert plan.write.registry[0].principal is None
+    assert plan.rejected == []
 
 
 def test_require_user_id_rejects_anonymous_messages() -> None:
-    plan = plan_batch([Decoded(delivery(1, user=None), heartbeat(A, 1))], {}, require_user_id=True)
+    plan = plan_batch([item(1, heartbeat(A, 1), None)], {}, require_user_id=True)
     assert plan.write.samples == []
     assert plan.rejected[0].result == "unauthorised"
     assert "require_user_id" in plan.rejected[0].detail
@@ -91,7 +122,7 @@ def test_require_user_id_rejects_anonymous_messages() -> None:
 
 def test_goodbye_of_another_identity_is_refused() -> None:
     state = {A: AgentState("online", "alice", T0)}
-    plan = plan_batch([Decoded(delivery(1, user="eve"), goodbye(A))], state)
+    plan = plan_batch([item(1, goodbye(A), "eve")], state)
     assert plan.write.goodbyes == []
     assert plan.rejected[0].reason == "unauthorised"
 
@@ -197,7 +228,9 @@ def workstation(seq: int, *, at_s: float, hostname: str, version: str = "0.1.0")
 def test_a_sample_row_carries_every_value_the_agent_reported() -> None:
     message = workstation(11, at_s=5, hostname="ws-9")
     received = T0 + timedelta(seconds=7)
-    plan = plan_batch([Decoded(Delivery(1, b"", "ws-9", received), message)], {})
+    plan = plan_batch(
+        [Decoded(Delivery(1, b"", "ws-9", received, routing_key(None, WS)), message)], {}
+    )
     assert plan.write.samples == [
         SampleRow(
             agent_id=WS,
@@ -238,11 +271,11 @@ def test_each_gpu_gets_a_row_with_its_own_values_failed_ones_included() -> None:
 def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats() -> None:
     items = [
         Decoded(
-            Delivery(1, b"", "ws", T0 + timedelta(seconds=9)),
+            Delivery(1, b"", "ws", T0 + timedelta(seconds=9), routing_key(None, WS)),
             workstation(2, at_s=6, hostname="new"),
         ),
         Decoded(
-            Delivery(2, b"", "ws", T0 + timedelta(seconds=8)),
+            Delivery(2, b"", "ws", T0 + timedelta(seconds=8), routing_key(None, WS)),
             workstation(1, at_s=5, hostname="old"),
         ),
     ]
@@ -258,7 +291,7 @@ def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats(
         sampled_at=T0 + timedelta(seconds=6),
         seq=2,
         agent_version="0.1.0",
-        principal="ws",
+        principal=None,  # seeing an agent binds no identity to it
         work_state="busy",
         cpu_cores=12,
         cpu_available_cores=9,
@@ -304,10 +337,10 @@ def test_in_a_batch_of_several_agents_each_registry_row_holds_its_own_newest_hea
     a_new = heartbeat(A, 2, hostname="a2", sampled_at=T0 + timedelta(seconds=10), pool="render")
     b_old = heartbeat(B, 7, hostname="b-old", sampled_at=T0 + timedelta(seconds=5))
     items = [
-        Decoded(delivery(1, user="alice", offset_s=4), b_new),
-        Decoded(delivery(2, user="bob", offset_s=1), a_old),
-        Decoded(delivery(3, user="alice", offset_s=3), b_old),
-        Decoded(delivery(4, user="bob", offset_s=2), a_new),
+        Decoded(delivery(1, user="alice", offset_s=4, agent=B), b_new),
+        Decoded(delivery(2, user="bob", offset_s=1, agent=A), a_old),
+        Decoded(delivery(3, user="alice", offset_s=3, agent=B), b_old),
+        Decoded(delivery(4, user="bob", offset_s=2, agent=A), a_new),
     ]
     plan = plan_batch(items, {})
     rows = {r.agent_id: r for r in plan.write.registry}
@@ -318,7 +351,7 @@ def test_in_a_batch_of_several_agents_each_registry_row_holds_its_own_newest_hea
         2,
         "a2",
         "render",
-        "bob",
+        None,
         16,
     )
     assert (a.first_received_at, a.received_at) == (
@@ -329,7 +362,7 @@ def test_in_a_batch_of_several_agents_each_registry_row_holds_its_own_newest_hea
         8,
         "b",
         "busy",
-        "alice",
+        None,
         1,
     )
     assert (b.first_received_at, b.received_at) == (
@@ -370,7 +403,7 @@ def test_undeclared_pools_default_to_gpu_and_cpu() -> None:
 
 def test_a_goodbye_becomes_a_goodbye_row_and_nothing_else() -> None:
     bye = goodbye(A, sent_at=T0 + timedelta(seconds=50))
-    item = Decoded(delivery(1, user="alice", offset_s=2), bye)
+    item = Decoded(delivery(1, user="alice", offset_s=2, agent=A), bye)
     plan = plan_batch([item], {A: AgentState("online", "alice", T0)})
     assert plan.write.goodbyes == [
         GoodbyeRow(
@@ -402,7 +435,7 @@ def test_a_rejected_body_keeps_the_decoders_reason_and_detail() -> None:
 
 
 def test_require_user_id_says_which_setting_refused() -> None:
-    plan = plan_batch([Decoded(delivery(1, user=None), heartbeat(A, 1))], {}, require_user_id=True)
+    plan = plan_batch([item(1, heartbeat(A, 1), None)], {}, require_user_id=True)
     assert plan.rejected[0].detail == (
         "message carries no broker user_id and ingest.require_user_id is set"
     )

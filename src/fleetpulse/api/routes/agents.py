@@ -15,6 +15,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from fleetpulse.api.errors import BadParameter, error_responses
 from fleetpulse.api.schemas import (
+    NO_NUL,
     Agent,
     AgentList,
     Capacity,
@@ -51,8 +52,13 @@ NICE_BUCKETS_S: Final = (10, 30, 60, 300, 900, 1800, 3600, 10_800, 21_600, 43_20
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 BUCKET_PATTERN: Final = r"^[1-9][0-9]{0,8}[smhd]?$"
 
+# PostgreSQL text cannot hold NUL, and no name the registry holds contains one: a string
+# parameter with NUL is a 400 naming it, wherever it would go (SQL or the in-process index).
 Pool = Annotated[
-    str, QueryParameter(max_length=255, description="Only agents of this pool; empty: any pool.")
+    str,
+    QueryParameter(
+        max_length=255, pattern=NO_NUL, description="Only agents of this pool; empty: any pool."
+    ),
 ]
 UUID_PATTERN: Final = (
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -171,7 +177,9 @@ class AgentRoutes(Controller):
         ] = 0,
         gpu_type: Annotated[
             str,
-            QueryParameter(max_length=255, description="GPU name, e.g. NVIDIA L4; empty: any."),
+            QueryParameter(
+                max_length=255, pattern=NO_NUL, description="GPU name, e.g. NVIDIA L4; empty: any."
+            ),
         ] = "",
         pool: Pool = "",
         max_sample_age_s: Annotated[
@@ -302,6 +310,13 @@ class AgentRoutes(Controller):
             if bucket is not None
             else _auto_bucket(span, settings.history_max_points)
         )
+        if width.total_seconds() > settings.history_max_range_s:
+            # Wider than any range can be, and past ~290,000 years it overflows the
+            # database's microsecond intervals.
+            raise BadParameter(
+                "bucket",
+                f"wider than {settings.history_max_range_s:g} s (api.history_max_range_s)",
+            )
         points = math.ceil(span / width)
         if points > settings.history_max_points:
             raise BadParameter(

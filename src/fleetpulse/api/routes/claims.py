@@ -15,6 +15,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from fleetpulse.api.errors import BadParameter, error_responses
 from fleetpulse.api.routes.agents import MAX_LIMIT, UUID_PATTERN
 from fleetpulse.api.schemas import (
+    NO_NUL,
     Claim,
     ClaimBody,
     ClaimedGpu,
@@ -242,7 +243,10 @@ class ClaimRoutes(Controller):
             uuid.UUID | None, QueryParameter(description="Only claims on this agent.")
         ] = None,
         holder: Annotated[
-            str | None, QueryParameter(max_length=255, description="Only this holder's claims.")
+            str | None,
+            QueryParameter(
+                max_length=255, pattern=NO_NUL, description="Only this holder's claims."
+            ),
         ] = None,
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_LIMIT, description="At most this many.")

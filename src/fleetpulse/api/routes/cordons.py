@@ -12,7 +12,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from fleetpulse.api.errors import error_responses
 from fleetpulse.api.routes.agents import AgentId
-from fleetpulse.api.schemas import Cordon, CordonBody, CordonList
+from fleetpulse.api.schemas import NO_NUL, Cordon, CordonBody, CordonList
 from fleetpulse.api.services import Services, services_of
 from fleetpulse.errors import NotFound
 from fleetpulse.store import (
@@ -26,7 +26,10 @@ from fleetpulse.store import (
 
 __all__ = ["CordonRoutes", "cordon_of"]
 
-GpuUuid = Annotated[str, PathParameter(min_length=1, max_length=255, description="The GPU's uuid.")]
+GpuUuid = Annotated[
+    str,
+    PathParameter(min_length=1, max_length=255, pattern=NO_NUL, description="The GPU's uuid."),
+]
 
 
 def cordon_of(cordon: CordonRecord, record: AgentRecord | None) -> Cordon:
