@@ -357,12 +357,20 @@ async def test_a_sweep_deadlocked_with_a_writer_keeps_the_lead_and_retries_its_r
 ) -> None:
     """The sweep waits for rows a batch holds (it no longer skips them); when that crosses
     with the batch's own order, PostgreSQL rolls the sweep back: the detector keeps acting
-    and the next tick marks the agents."""
+    and the next tick marks the agents.
+
+    PostgreSQL rolls back the session whose deadlock check runs first once the cycle is
+    closed (each waiter checks once, deadlock_timeout after it began to wait). So the
+    writer never checks (its deadlock_timeout is long) and the sweep is the one that
+    closes the cycle: it waits on a third session first, then, once the writer waits on
+    it, moves on to the row the writer holds. Which side is the victim does not depend on
+    how loaded the machine is."""
     clock = FakeClock(start=datetime.now(UTC))
     heard = clock.now() - timedelta(seconds=100)
-    first, second = uuid.uuid4(), uuid.uuid4()
+    agents = [uuid.uuid4() for _ in range(3)]
+    first, second, third = agents
     with psycopg.connect(db_url, autocommit=True) as conn:
-        for n, agent in enumerate((first, second)):  # in this physical order
+        for n, agent in enumerate(agents):  # in this physical order
             conn.execute(
                 "INSERT INTO agent_registry (agent_id, hostname, pool_name, status,"
                 " status_changed_at, first_seen_at, last_heartbeat_at, agent_version)"
@@ -370,39 +378,44 @@ async def test_a_sweep_deadlocked_with_a_writer_keeps_the_lead_and_retries_its_r
                 (agent, f"crossed-{n}", heard, heard, heard),
             )
     detector = SilenceDetector(settings_for(db_url, amqp_url), metrics=IngestMetrics(), clock=clock)
+    update = "UPDATE agent_registry SET cpu_load_1m = 1 WHERE agent_id = %s"
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    holder = psycopg.connect(db_url)
     writer = psycopg.connect(db_url)
     try:
-        writer.execute("UPDATE agent_registry SET cpu_load_1m = 1 WHERE agent_id = %s", (second,))
-        sweep = asyncio.create_task(detector.tick())  # takes `first`, then waits for `second`
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
+        holder.execute(update, (second,))
+        writer.execute("SET deadlock_timeout = '10min'")
+        writer.execute(update, (third,))
+        sweep = asyncio.create_task(detector.tick())  # takes `first`, waits for `second`
         await wait_until(lambda: scalar(db_url, waiting) == 1, what="the sweep waiting")
 
-        def cross() -> None:  # waits for `first`, held by the sweep: a deadlock
-            writer.execute(
-                "UPDATE agent_registry SET cpu_load_1m = 1 WHERE agent_id = %s", (first,)
-            )
+        def cross() -> None:  # waits for `first`, held by the sweep
+            writer.execute(update, (first,))
             writer.commit()
 
         crossing = asyncio.create_task(asyncio.to_thread(cross))
+        await wait_until(lambda: scalar(db_url, waiting) == 2, what="the writer waiting")
+        holder.commit()  # the sweep takes `second`, then waits for `third`: a deadlock
         assert await sweep == 0  # the sweep was the one rolled back
         await crossing  # and the writer went on
         assert detector.is_leader
         assert query(
             db_url,
             "SELECT count(*) FROM agent_status_events WHERE agent_id = ANY(%s)",
-            [first, second],
+            agents,
         ) == [(0,)]
-        assert await detector.tick() >= 2
+        assert await detector.tick() >= 3
     finally:
+        holder.close()
         writer.close()
         await detector.close()
     rows = query(
         db_url,
         "SELECT hostname, status, cpu_load_1m FROM agent_registry WHERE agent_id = ANY(%s)"
         " ORDER BY hostname",
-        [first, second],
+        agents,
     )
-    assert rows == [("crossed-0", "offline", 1.0), ("crossed-1", "offline", 1.0)]
+    assert rows == [(f"crossed-{n}", "offline", 1.0) for n in range(3)]
