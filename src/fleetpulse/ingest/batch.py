@@ -27,7 +27,7 @@ from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import Heartbeat
 from fleetpulse.store import REPLAN_ATTEMPTS, Database, WriteResult, locked_batch
 
-__all__ = ["Abandoned", "BatchProcessor", "CommitReport", "Session"]
+__all__ = ["Abandoned", "BatchProcessor", "CommitReport", "Session", "Turn"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,26 @@ class CommitReport:
     committed_at: float  # time.time() after commit and ack
     events: int = 0
     messages: int = 0  # every delivery the batch settled, heartbeats or not
+
+
+@dataclass(slots=True, frozen=True)
+class Turn:
+    """A batch's place in its worker's order, as the batch after it waits on it.
+
+    The next batch locks its agents only once this one has locked theirs (``locked``), so
+    one agent's messages are written in delivery order even with several batches in
+    flight (a goodbye is not written before the heartbeat delivered ahead of it); and it
+    acks only once this one has acked (``settled``: whether it did), since a multiple-ack
+    covers every earlier delivery tag.
+    """
+
+    locked: asyncio.Future[None]
+    settled: asyncio.Future[bool]
+
+    @classmethod
+    def new(cls) -> Turn:
+        loop = asyncio.get_running_loop()
+        return cls(loop.create_future(), loop.create_future())
 
 
 class Abandoned(Exception):
@@ -103,15 +123,16 @@ class BatchProcessor:
         self,
         batch: Sequence[Delivery],
         session: Session,
-        previous: asyncio.Future[bool] | None,
-        settled: asyncio.Future[bool],
+        previous: Turn | None,
+        turn: Turn,
     ) -> None:
-        """Write, then ack once ``previous`` has acked; ``settled`` says whether this did."""
+        """Lock after ``previous`` has locked, write, then ack once ``previous`` has acked;
+        ``turn`` tells the next batch the same of this one."""
         decoded, invalid = decode_batch(batch)
         acked = False
         try:
-            outcome = await self._write_all(decoded, session)
-            if previous is not None and not await previous:
+            outcome = await self._write_all(decoded, session, previous, turn)
+            if previous is not None and not await previous.settled:
                 # Acking now would cover the earlier, unacked tags: leave this one too.
                 raise Abandoned("an earlier batch was not acked; this one will be redelivered")
             self.check_alive(session)
@@ -124,18 +145,20 @@ class BatchProcessor:
             log.warning("%s (%d messages)", exc, len(batch), extra={"batch_size": len(batch)})
             return
         finally:
-            if not settled.done():
-                settled.set_result(acked)
+            _resolve(turn.locked, None)  # nothing written, or not at all: the next may go
+            _resolve(turn.settled, acked)
         self._account(outcome, rejected, len(batch))
 
-    async def _write_all(self, decoded: list[Decoded], session: Session) -> _Outcome:
+    async def _write_all(
+        self, decoded: list[Decoded], session: Session, previous: Turn | None, turn: Turn
+    ) -> _Outcome:
         """Write, splitting on a poison row until the offending message stands alone."""
         outcome = _Outcome()
         parts: list[list[Decoded]] = [decoded] if decoded else []
         while parts:
             part = parts.pop()
             try:
-                plan, result = await self._write_with_retry(part, session)
+                plan, result = await self._write_with_retry(part, session, previous, turn)
             except PoisonRowError as exc:
                 if len(part) == 1:
                     log.warning(
@@ -160,13 +183,13 @@ class BatchProcessor:
         return outcome
 
     async def _write_with_retry(
-        self, part: list[Decoded], session: Session
+        self, part: list[Decoded], session: Session, previous: Turn | None, turn: Turn
     ) -> tuple[Plan, WriteResult]:
         backoff = self.backoff()
         while True:
             started = time.perf_counter()
             try:
-                written = await self._write(part)
+                written = await self._write(part, previous, turn)
             except PoisonRowError:
                 raise
             except (ServiceUnavailable, StoreError) as exc:
@@ -184,13 +207,18 @@ class BatchProcessor:
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             return written
 
-    async def _write(self, part: list[Decoded]) -> tuple[Plan, WriteResult]:
+    async def _write(
+        self, part: list[Decoded], previous: Turn | None, turn: Turn
+    ) -> tuple[Plan, WriteResult]:
         """Lock the part's agents, plan against what is locked, write: one transaction."""
         agent_ids = sorted({item.message.agent_id for item in part})
         config = self.config
+        if previous is not None:
+            await previous.locked
         async with self.db.connection() as conn:
             for _ in range(REPLAN_ATTEMPTS):
                 async with locked_batch(conn, agent_ids) as batch:
+                    _resolve(turn.locked, None)
                     plan = plan_batch(
                         part,
                         batch.state,
@@ -255,3 +283,8 @@ class BatchProcessor:
                     size,
                 )
             )
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

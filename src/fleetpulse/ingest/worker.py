@@ -31,7 +31,7 @@ from pamqp.commands import Basic
 from fleetpulse.broker import BrokerUrls
 from fleetpulse.config import Settings, mask_url
 from fleetpulse.errors import ServiceUnavailable
-from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session
+from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session, Turn
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS
 from fleetpulse.ingest.memory import TRIM_AFTER_BYTES, trim
 from fleetpulse.ingest.metrics import IngestMetrics
@@ -293,11 +293,11 @@ class Ingest:
         self,
         batch: list[Delivery],
         session: Session,
-        previous: asyncio.Future[bool] | None,
-        settled: asyncio.Future[bool],
+        previous: Turn | None,
+        turn: Turn,
     ) -> None:
         try:
-            await self._batches.process(batch, session, previous, settled)
+            await self._batches.process(batch, session, previous, turn)
         finally:
             self._release(session, batch)
 
@@ -355,15 +355,16 @@ class Ingest:
         """Form batches and write up to ``commit_pipeline`` of them at once.
 
         Writes overlap (the database works on one while Python prepares the next), but
-        settling is chained: a batch acks only after the one before it has acked, since
-        a multiple-ack covers every earlier delivery tag.
+        each batch takes its turn (:class:`~fleetpulse.ingest.batch.Turn`): it locks its
+        agents only after the one before it has locked theirs, so an agent's messages are
+        written in delivery order, and acks only after that one has acked.
         """
         age_s = self.config.batch_max_age_s
         batch_max = self.config.batch_max_messages
         depth = self.config.commit_pipeline
         connection = session.connection
         inflight: set[asyncio.Task[None]] = set()
-        previous: asyncio.Future[bool] | None = None
+        previous: Turn | None = None
         try:
             while True:
                 if connection.is_closed:
@@ -388,9 +389,9 @@ class Ingest:
                     continue
                 batch = self._buffer[:batch_max]
                 del self._buffer[:batch_max]
-                settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                inflight.add(asyncio.create_task(self._process(batch, session, previous, settled)))
-                previous = settled
+                turn = Turn.new()
+                inflight.add(asyncio.create_task(self._process(batch, session, previous, turn)))
+                previous = turn
                 # What is left waited through earlier commits: due as soon as a slot frees.
                 self._first_at = time.monotonic() - age_s
         finally:
@@ -398,7 +399,7 @@ class Ingest:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _drain(self, session: Session, previous: asyncio.Future[bool] | None) -> None:
+    async def _drain(self, session: Session, previous: Turn | None) -> None:
         if session.consumer_tag:
             async with session.flow:  # not while a pause or a resume is under way
                 with contextlib.suppress(*AMQP_CONNECTION_ERRORS, ChannelInvalidStateError):
@@ -407,9 +408,9 @@ class Ingest:
         while self._buffer:
             batch = self._buffer[:batch_max]
             del self._buffer[:batch_max]
-            settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            await self._process(batch, session, previous, settled)
-            previous = settled
+            turn = Turn.new()
+            await self._process(batch, session, previous, turn)
+            previous = turn
 
     # ------------------------------------------------------------------ queue depth, topology
 

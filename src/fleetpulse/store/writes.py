@@ -156,6 +156,17 @@ _GOODBYE_SQL: Final = (
     " SELECT agent_id, received_at, 'online', 'offline', 'shutdown' FROM gone"
 )
 
+# First key of pg_advisory_xact_lock(int, int) for agents not registered yet ('FPAG');
+# the second is the agent. A row lock cannot hold an agent that has no row: without this
+# a batch could plan against "absent" while a concurrent one registers the agent, and
+# (say) drop that agent's goodbye. Taken, in agent order, before any row lock, so the two
+# kinds of lock cannot wait on each other in a cycle.
+NEW_AGENT_LOCK_CLASS: Final = 0x46504147
+_LOCK_NEW_SQL: Final = (
+    "SELECT pg_advisory_xact_lock(%s, hashtext(a.id::text)) FROM"
+    " (SELECT id FROM unnest(%s::uuid[]) AS u(id) WHERE NOT EXISTS"
+    " (SELECT 1 FROM agent_registry r WHERE r.agent_id = u.id) ORDER BY id) a"
+)
 _LOCK_SQL: Final = (
     "SELECT agent_id, status, principal, last_sampled_at, offered, gpu_health"
     " FROM agent_registry"
@@ -236,8 +247,9 @@ async def _copy_rows(
 
 @contextlib.asynccontextmanager
 async def locked_batch(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> AsyncIterator[LockedBatch]:
-    """Open the batch's transaction and lock its agents' registry rows (in ``agent_id``
-    order, so concurrent workers do not deadlock); commit at exit.
+    """Open the batch's transaction and lock its agents (in ``agent_id`` order, so
+    concurrent workers do not deadlock): the registry rows of the known ones, an advisory
+    lock for those not registered yet; commit at exit.
 
     When :meth:`LockedBatch.write` found a concurrent registration the transaction is
     rolled back instead and the context exits quietly with ``batch.replan`` set. Errors
@@ -254,5 +266,8 @@ async def locked_batch(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> AsyncItera
 async def _lock(conn: Conn, agent_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, AgentState]:
     # One array literal: PostgreSQL parses it faster than psycopg dumps a list of UUIDs.
     literal = "{" + ",".join(map(str, agent_ids)) + "}"
+    # Waits while a concurrent batch registering one of them is open; then the row
+    # lock below sees the committed row.
+    await conn.execute(_LOCK_NEW_SQL, (NEW_AGENT_LOCK_CLASS, literal))
     cur = await conn.execute(_LOCK_SQL, (literal,))
     return {row[0]: AgentState(*row[1:]) for row in await cur.fetchall()}
