@@ -10,7 +10,7 @@ import uuid
 import msgspec
 import pytest
 
-from fleetpulse.messages import Heartbeat, Presence, encode
+from fleetpulse.messages import Heartbeat, Presence, encode, routing_key
 from tests.fixtures import messages_v1_0 as old
 from tests.fixtures.ingest import (
     FakeClock,
@@ -95,7 +95,8 @@ async def test_an_older_agents_heartbeat_is_offered_and_a_degraded_gpu_is_kept(
     assert b"presence" not in body
     assert b"health" not in body
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (_, rec, _d):
-        await publish(amqp_url, [body, beat(newer, 1, OFFERED, health="degraded")])
+        await publish(amqp_url, [body], key=routing_key(None, older))
+        await publish(amqp_url, [beat(newer, 1, OFFERED, health="degraded")])
         await wait_until(lambda: rec.heartbeats == 2)
     rows = {
         r[0]: r[1:]
