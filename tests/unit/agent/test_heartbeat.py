@@ -17,7 +17,15 @@ from fleetpulse.agent import (
     restamp,
 )
 from fleetpulse.errors import MessageError
-from fleetpulse.messages import AgentStats, GpuMetrics, Heartbeat, WorkStatus, decode, encode
+from fleetpulse.messages import (
+    AgentStats,
+    GpuMetrics,
+    Heartbeat,
+    Presence,
+    WorkStatus,
+    decode,
+    encode,
+)
 
 HOST = HostReading(
     cpu_load_1m=2.7,
@@ -162,3 +170,12 @@ def test_a_goodbye_names_the_agents_pool() -> None:
     goodbye = build_goodbye(IDENTITY, seq=9, sent_at=T0)
     assert (goodbye.pool, goodbye.hostname, goodbye.seq) == ("render", "ws-17", 9)
     assert restamp(encode(goodbye), T0)[1] == f"heartbeat.render.{IDENTITY.agent_id}"
+
+
+def test_a_heartbeat_carries_the_owners_presence_when_known() -> None:
+    away = Presence(user_idle_s=900.0, locked=True, source="logind", offered=True)
+    metrics = resource_metrics([Contribution(host=HOST)])
+    beat = build_heartbeat(IDENTITY, seq=1, sampled_at=T0, metrics=metrics, presence=away)
+    assert beat.presence == away
+    assert decode(encode(beat)) == beat
+    assert build_heartbeat(IDENTITY, seq=2, sampled_at=T0, metrics=metrics).presence is None
