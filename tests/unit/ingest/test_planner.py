@@ -439,3 +439,47 @@ def test_require_user_id_says_which_setting_refused() -> None:
     assert plan.rejected[0].detail == (
         "message carries no broker user_id and ingest.require_user_id is set"
     )
+
+
+# -- what the body claims to be ---------------------------------------------------------
+
+
+def _claimed(content_type: str | None, encoding: str | None = None, tag: int = 1) -> Delivery:
+    return Delivery(
+        tag,
+        encode(heartbeat(A, tag)),
+        None,
+        T0,
+        content_type=content_type,
+        content_encoding=encoding,
+    )
+
+
+def test_a_body_said_to_be_json_or_said_nothing_about_is_read() -> None:
+    plain = [None, "application/json", "Application/JSON; charset=utf-8", " application/json "]
+    deliveries = [_claimed(kind, tag=n) for n, kind in enumerate(plain, start=1)]
+    deliveries.append(_claimed("application/json", " Identity ", tag=5))
+    ok, rejected = decode_batch(deliveries)
+    assert [d.delivery.tag for d in ok] == [1, 2, 3, 4, 5]
+    assert rejected == []
+
+
+def test_a_body_said_to_be_something_else_is_refused_with_the_reason_and_the_rest_go_on() -> None:
+    deliveries = [
+        _claimed("text/plain", tag=1),
+        _claimed(None, "gzip", tag=2),
+        _claimed("application/json", tag=3),
+        _claimed("x" * 300, tag=4),
+    ]
+    ok, rejected = decode_batch(deliveries)
+    assert [d.delivery.tag for d in ok] == [3]
+    assert [(r.delivery.tag, r.reason, r.result) for r in rejected] == [
+        (1, "content_type", "invalid"),
+        (2, "content_encoding", "invalid"),
+        (4, "content_type", "invalid"),
+    ]
+    assert rejected[0].detail == "content_type 'text/plain' is not application/json"
+    assert rejected[1].detail == (
+        "content_encoding 'gzip' is not supported (bodies are plain JSON)"
+    )
+    assert rejected[2].detail == f"content_type {'x' * 100!r} is not application/json"
