@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, Final
 
@@ -101,76 +102,70 @@ async def depth(amqp_url: str, queue: str) -> int:
         await connection.close()
 
 
-async def bare_aiormq(amqp_url: str, total: int, prefetch: int) -> float:
+class _Countdown:
+    """Counts deliveries up to ``total``; the rate is taken from consume to the last one."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def tick(self) -> int:
+        self.count += 1
+        if self.count == self.total:
+            self.done.set()
+        return self.count
+
+    async def rate(self, consume: Awaitable[Any]) -> float:
+        started = time.perf_counter()
+        await consume
+        await self.done.wait()
+        return self.total / (time.perf_counter() - started)
+
+
+async def _bare_aiormq(
+    amqp_url: str, queue: str, total: int, prefetch: int, ack_every: int
+) -> float:
+    """Consume and ack ``total`` deliveries; one ack frame per ``ack_every`` of them."""
     connection = await aiormq.connect(amqp_url)
-    done = asyncio.Event()
-    count = 0
+    countdown = _Countdown(total)
     try:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=prefetch)
 
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            nonlocal count
             assert isinstance(message.delivery, Basic.Deliver)
-            await channel.basic_ack(message.delivery.delivery_tag or 0)
-            count += 1
-            if count == total:
-                done.set()
+            count = countdown.tick()
+            if count % ack_every == 0 or count == total:
+                await channel.basic_ack(message.delivery.delivery_tag or 0, multiple=ack_every > 1)
 
-        started = time.perf_counter()
-        await channel.basic_consume(BARE_AIORMQ, on_message)
-        await done.wait()
-        return total / (time.perf_counter() - started)
+        return await countdown.rate(channel.basic_consume(queue, on_message))
     finally:
         await connection.close()
+
+
+async def bare_aiormq(amqp_url: str, total: int, prefetch: int) -> float:
+    return await _bare_aiormq(amqp_url, BARE_AIORMQ, total, prefetch, ack_every=1)
 
 
 async def bare_aiormq_bulk(amqp_url: str, total: int, prefetch: int) -> float:
     """The library's ceiling for this consumer shape: one ack frame per 500 deliveries."""
-    connection = await aiormq.connect(amqp_url)
-    done = asyncio.Event()
-    count = 0
-    try:
-        channel = await connection.channel()
-        await channel.basic_qos(prefetch_count=prefetch)
-
-        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            nonlocal count
-            assert isinstance(message.delivery, Basic.Deliver)
-            count += 1
-            if count % 500 == 0 or count == total:
-                await channel.basic_ack(message.delivery.delivery_tag or 0, multiple=True)
-            if count == total:
-                done.set()
-
-        started = time.perf_counter()
-        await channel.basic_consume(BARE_BULK, on_message)
-        await done.wait()
-        return total / (time.perf_counter() - started)
-    finally:
-        await connection.close()
+    return await _bare_aiormq(amqp_url, BARE_BULK, total, prefetch, ack_every=500)
 
 
 async def bare_aiopika(amqp_url: str, total: int, prefetch: int) -> float:
     connection = await aio_pika.connect(amqp_url)
-    done = asyncio.Event()
-    count = 0
+    countdown = _Countdown(total)
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(BARE_AIOPIKA)
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal count
             await message.ack()
-            count += 1
-            if count == total:
-                done.set()
+            countdown.tick()
 
-        started = time.perf_counter()
-        await queue.consume(on_message)
-        await done.wait()
-        return total / (time.perf_counter() - started)
+        return await countdown.rate(queue.consume(on_message))
     finally:
         await connection.close()
 
@@ -180,6 +175,19 @@ def settings_for(db_url: str, amqp_url: str, **ingest: Any) -> Settings:
         amqp=AmqpSettings(url=amqp_url),
         database=DatabaseSettings(url=db_url, pool_min_size=1, pool_max_size=2),
         ingest=IngestSettings(detector_enabled=False, metrics_port=0, **ingest),
+    )
+
+
+def settings_from(args: argparse.Namespace, db_url: str, amqp_url: str) -> Settings:
+    """The ingest settings the command line chose."""
+    return settings_for(
+        db_url,
+        amqp_url,
+        prefetch=args.prefetch,
+        batch_max_messages=args.batch,
+        batch_max_age_s=args.batch_age,
+        write_method=args.write_method,
+        commit_pipeline=args.pipeline,
     )
 
 
@@ -244,15 +252,7 @@ async def throughput(args: argparse.Namespace, db_url: str, amqp_url: str) -> di
     agents = fleet(args.agents)
     messages = list(stream(agents, args.messages, now() - timedelta(days=1)))
     runs: list[dict[str, Any]] = []
-    settings = settings_for(
-        db_url,
-        amqp_url,
-        prefetch=args.prefetch,
-        batch_max_messages=args.batch,
-        batch_max_age_s=args.batch_age,
-        write_method=args.write_method,
-        commit_pipeline=args.pipeline,
-    )
+    settings = settings_from(args, db_url, amqp_url)
     for run in range(args.runs):
         reset(db_url)
         queues = (INGEST_QUEUE, BARE_AIORMQ, BARE_AIOPIKA, BARE_BULK)
@@ -367,15 +367,7 @@ async def latency(args: argparse.Namespace, db_url: str, amqp_url: str) -> dict[
         if len(latencies) >= total:
             done.set()
 
-    settings = settings_for(
-        db_url,
-        amqp_url,
-        prefetch=args.prefetch,
-        batch_max_messages=args.batch,
-        batch_max_age_s=args.batch_age,
-        write_method=args.write_method,
-        commit_pipeline=args.pipeline,
-    )
+    settings = settings_from(args, db_url, amqp_url)
     async with Ingest(settings, on_commit=on_commit, name="bench-latency") as ingest:
         await ingest.consuming.wait()
         ctx = multiprocessing.get_context("spawn")
