@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 
@@ -207,12 +208,12 @@ def workstation(seq: int, *, at_s: float, hostname: str, version: str = "0.1.0")
             gpu_vram_total_gb=16.0,
             gpu_vram_available_gb=11.5,
             gpus=[
-                GpuMetrics(
-                    index=1,
+                gpu(
+                    1,
+                    16.0,
+                    11.5,
                     uuid="GPU-aaaa",
                     name="RTX A4000",
-                    vram_total_gb=16.0,
-                    vram_free_gb=11.5,
                     util_pct=42.0,
                     temp_c=61.0,
                     power_w=88.5,
@@ -223,6 +224,21 @@ def workstation(seq: int, *, at_s: float, hostname: str, version: str = "0.1.0")
         ),
         agent_stats=AgentStats(collect_ms=4.5, spool_depth=7, dropped_total=2),
     )
+
+
+# What workstation() reports that its sample row and its registry row both hold.
+WORKSTATION_ROW: dict[str, Any] = {
+    "work_state": "busy",
+    "cpu_load_1m": 2.5,
+    "cpu_cores": 12,
+    "cpu_available_cores": 9,
+    "mem_total_gb": 48.0,
+    "mem_available_gb": 30.5,
+    "gpu_type": "RTX A4000",
+    "gpu_count": 1,
+    "gpu_vram_total_gb": 16.0,
+    "gpu_vram_available_gb": 11.5,
+}
 
 
 def test_a_sample_row_carries_every_value_the_agent_reported() -> None:
@@ -239,19 +255,10 @@ def test_a_sample_row_carries_every_value_the_agent_reported() -> None:
             seq=11,
             hostname="ws-9",
             pool_name="gpu",
-            work_state="busy",
             running_jobs=3,
-            cpu_load_1m=2.5,
             cpu_load_5m=1.75,
             cpu_load_15m=1.25,
-            cpu_cores=12,
-            cpu_available_cores=9,
-            mem_total_gb=48.0,
-            mem_available_gb=30.5,
-            gpu_type="RTX A4000",
-            gpu_count=1,
-            gpu_vram_total_gb=16.0,
-            gpu_vram_available_gb=11.5,
+            **WORKSTATION_ROW,
             errors='{"gpu 0: GPU is lost","say \\"hi\\""}',
         )
     ]
@@ -292,16 +299,7 @@ def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats(
         seq=2,
         agent_version="0.1.0",
         principal=None,  # seeing an agent binds no identity to it
-        work_state="busy",
-        cpu_cores=12,
-        cpu_available_cores=9,
-        cpu_load_1m=2.5,
-        mem_total_gb=48.0,
-        mem_available_gb=30.5,
-        gpu_type="RTX A4000",
-        gpu_count=1,
-        gpu_vram_total_gb=16.0,
-        gpu_vram_available_gb=11.5,
+        **WORKSTATION_ROW,
         resource_metrics=row.resource_metrics,
         agent_stats=row.agent_stats,
         # an agent that does not report presence: offered, nothing known; its GPU with an
