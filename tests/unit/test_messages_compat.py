@@ -97,3 +97,18 @@ def test_presence_defaults_say_offered_and_unknown() -> None:
         user_idle_s=None, locked=None, source="none", offered=True, withheld_reason=None
     )
     assert uuid.UUID(int=0) != new_heartbeat().agent_id
+
+
+def test_the_older_contract_is_the_one_v1_0_shipped() -> None:
+    """The fixture derives v1.0 from today's structs less what came since: a field added
+    later must be named there too, or the 'older ingest' above would know it."""
+    shipped = {
+        old.GpuMetrics: "index uuid name vram_total_gb vram_free_gb util_pct temp_c power_w error",
+        old.ResourceMetrics: "cpu_load_1m cpu_load_5m cpu_load_15m cpu_cores cpu_available_cores"
+        " mem_total_gb mem_available_gb gpu_type gpu_count gpu_vram_total_gb"
+        " gpu_vram_available_gb gpus errors",
+        old.Heartbeat: "schema_version agent_id seq sampled_at sent_at hostname agent_version"
+        " resource_metrics pool work_status agent_stats",
+    }
+    for struct, names in shipped.items():
+        assert [f.name for f in msgspec.structs.fields(struct)] == names.split()
