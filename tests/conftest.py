@@ -31,6 +31,7 @@ TABLES = (
     "gpu_samples",
     "claims",
     "cordons",
+    "ingest_watermarks",
 )
 RUN_ID = uuid.uuid4().hex[:8]
 

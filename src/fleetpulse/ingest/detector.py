@@ -4,6 +4,14 @@ Each worker runs one; whichever holds the PostgreSQL session advisory lock acts.
 lock lives and dies with the detector's own connection, so when the holder's process
 or connection dies the server releases it and another worker takes over at its next
 tick. The leader also runs retention on its schedule.
+
+Silence is judged at the detector's *view*, not the wall clock alone: the least watermark
+the ingest workers reported lately (see :mod:`fleetpulse.store.liveness`). While ingest is
+stopped, cut off from the database or stuck behind a lock, the view holds still, so an
+outage longer than ``offline_after_s`` marks nobody offline for heartbeats that waited in the
+queue; once ingest has caught up, a truly silent agent is marked within ``offline_after_s``
+plus one check interval. With the broker down ingest reports the present (agents could not
+publish), so silence is judged as before.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 # heartbeat committed long after it was received (a batch retried through an outage).
 SWEEP_OVERLAP_MIN_S: Final = 10.0
 FULL_SWEEP_INTERVAL_S: Final = 300.0
+WATERMARK_FRESH_MIN_S: Final = 15.0
 
 
 class SilenceDetector:
@@ -59,6 +68,11 @@ class SilenceDetector:
         self._next_retention = 0.0
         self._since: datetime | None = None  # None: the next sweep looks at everyone
         self._next_full = 0.0
+        self.view: datetime | None = None  # the time silence was last judged at
+        self.holding = False
+        # A worker's watermark report older than this does not count (it stopped, or lost
+        # the database): it reports every queue_depth_interval_s.
+        self.fresh_s = max(WATERMARK_FRESH_MIN_S, 3 * self.config.queue_depth_interval_s)
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="silence-detector")
@@ -121,6 +135,26 @@ class SilenceDetector:
         if not self.is_leader:
             return 0
         now = self.clock()
+        view = await lease.watermark(now=now, fresh_s=self.fresh_s)
+        if view.seen_through is None:
+            # Ingest reported nothing lately: what it has not committed cannot be judged.
+            if not self.holding:
+                log.warning(
+                    "silence detector holds: no ingest worker reported its watermark within"
+                    " %gs (ingest stopped or cut off); nobody is judged silent meanwhile",
+                    self.fresh_s,
+                )
+            self.holding = True
+            self.metrics.detector_holding.set(1)
+            if self.view is not None:
+                self.metrics.detector_lag_seconds.set((now - self.view).total_seconds())
+            return 0
+        if self.holding:
+            log.info("silence detector judges again (view %s)", view.seen_through.isoformat())
+        self.holding = False
+        self.metrics.detector_holding.set(0)
+        self.view = min(now, view.seen_through)
+        self.metrics.detector_lag_seconds.set((now - self.view).total_seconds())
         full = self._since is None or time.monotonic() >= self._next_full
         marked = await (self._sweep_all(lease, now) if full else self._sweep_since(lease, now))
         if marked is None:
@@ -132,7 +166,7 @@ class SilenceDetector:
         # The next sweep looks from this one's threshold on, less a margin for heartbeats
         # that were received before it but committed after.
         overlap = max(SWEEP_OVERLAP_MIN_S, 3 * self.config.offline_check_interval_s)
-        self._since = now - timedelta(seconds=self.config.offline_after_s + overlap)
+        self._since = self.view - timedelta(seconds=self.config.offline_after_s + overlap)
         self.metrics.detector_runs.inc()
         self.runs += 1
         if marked:
@@ -151,6 +185,7 @@ class SilenceDetector:
             offline_after_s=self.config.offline_after_s,
             since=since,
             limit=self.config.sweep_limit,
+            seen_through=self.view,
         )
         self.metrics.detector_sweep_seconds.observe(time.perf_counter() - started)
         return swept

@@ -111,6 +111,22 @@ class IngestMetrics:
         self.detector_leader = Gauge(
             "fleetpulse_detector_leader", "1 while this process is the acting detector", registry=r
         )
+        self.detector_lag_seconds = Gauge(
+            "fleetpulse_detector_lag_seconds",
+            "How far the detector's view trails the clock: receive times ingest cannot vouch"
+            " for yet (a backlog, an outage); silence is judged at the view",
+            registry=r,
+        )
+        self.detector_holding = Gauge(
+            "fleetpulse_detector_holding",
+            "1 while the detector judges nobody: no ingest worker reported its watermark lately",
+            registry=r,
+        )
+        self.seen_through = Gauge(
+            "fleetpulse_ingest_seen_through_timestamp_seconds",
+            "This worker's watermark: every heartbeat received before it is committed",
+            registry=r,
+        )
         self.detector_sweep_seconds = Histogram(
             "fleetpulse_detector_sweep_seconds",
             "Time of one silence sweep statement",

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -30,7 +30,7 @@ from pamqp.commands import Basic
 
 from fleetpulse.broker import BrokerUrls
 from fleetpulse.config import Settings, mask_url
-from fleetpulse.errors import ServiceUnavailable
+from fleetpulse.errors import ServiceUnavailable, StoreError
 from fleetpulse.ingest.batch import BatchProcessor, CommitReport, Session, Turn
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS
 from fleetpulse.ingest.memory import TRIM_AFTER_BYTES, trim
@@ -45,7 +45,7 @@ from fleetpulse.ingest.topology import (
 )
 from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import BROKER_MAX_MESSAGE_BYTES, INGEST_QUEUE
-from fleetpulse.store import Database
+from fleetpulse.store import Database, report_watermark
 
 __all__ = ["AMQP_CONNECTION_ERRORS", "CommitReport", "Ingest", "utc_now"]
 
@@ -106,6 +106,16 @@ class Ingest:
         # What the last topology check could not repair, or repaired (one check long).
         self.topology_problems: list[str] = []
         self._topology: TopologyChannels | None = None
+        # Receive time of the first delivery of each batch being written (the watermark can
+        # not pass them), and this worker's watermark as last reported.
+        self._writing: dict[int, datetime] = {}
+        self.seen_through: datetime | None = None
+        self._ready = -1  # messages ready in the queue at the last look (-1: unknown)
+        self._in_step = False
+        self._empty_looks = 0
+        self.unsettled = 0  # deliveries received and not yet settled (acked or abandoned)
+        self._broker_unreachable = False  # the last session was lost or could not be had
+        self._step_mark: datetime | None = None
         self._batches = BatchProcessor(
             self.db, self.config, self.metrics, sleep=sleep, on_commit=lambda: self.on_commit
         )
@@ -183,6 +193,7 @@ class Ingest:
                 await self._run_session(backoff)
             except AMQP_CONNECTION_ERRORS as exc:
                 self.consuming.clear()
+                self._broker_unreachable = True
                 self._forget_session()
                 if self._stop.is_set():
                     break
@@ -201,6 +212,7 @@ class Ingest:
             self._session.lost = True
         self._session = None
         # Unacked deliveries of a dead channel come back from the broker; drop our copies.
+        self.unsettled -= len(self._buffer)
         self._buffer.clear()
         self._wakeup.clear()
         self._full.clear()
@@ -218,9 +230,11 @@ class Ingest:
             await channel.basic_qos(prefetch_count=self.prefetch_count)
             self._generation += 1
             session = Session(connection, channel, dead_letters, self._generation)
+            self._ready = -1  # a backlog may have built up meanwhile: look before vouching
             self._session = session
             await self._consume(session)
             self.sessions_started += 1
+            self._broker_unreachable = False
             self.consuming.set()
             backoff.reset()
             log.info(
@@ -279,6 +293,7 @@ class Ingest:
         task.add_done_callback(self._flow_tasks.discard)
 
     def _release(self, session: Session, batch: Sequence[Delivery]) -> None:
+        self.unsettled -= len(batch)
         session.held_bytes -= sum(len(d.body) for d in batch)
         if session is self._session:
             self.metrics.unacked_bytes.set(session.held_bytes)
@@ -289,17 +304,25 @@ class Ingest:
         if session.paused and session.held_bytes <= self.config.max_unacked_bytes // 2:
             self._flow(session, pause=False)
 
-    async def _process(
+    def _process(
         self,
         batch: list[Delivery],
         session: Session,
         previous: Turn | None,
         turn: Turn,
-    ) -> None:
-        try:
-            await self._batches.process(batch, session, previous, turn)
-        finally:
-            self._release(session, batch)
+    ) -> Coroutine[Any, Any, None]:
+        """The coroutine writing ``batch``, which counts as being written from now on."""
+        key = id(batch)
+        self._writing[key] = batch[0].received_at
+
+        async def process() -> None:
+            try:
+                await self._batches.process(batch, session, previous, turn)
+            finally:
+                self._writing.pop(key, None)
+                self._release(session, batch)
+
+        return process()
 
     def _on_message_for(self, session: Session) -> Callable[[aiormq.abc.DeliveredMessage], Any]:
         buffer = self._buffer
@@ -317,6 +340,7 @@ class Ingest:
             properties = message.header.properties
             delivery = message.delivery
             assert isinstance(delivery, Basic.Deliver)
+            self.unsettled += 1
             session.held_bytes += len(message.body)
             unacked_bytes.set(session.held_bytes)
             if session.held_bytes > self.held_bytes_peak:
@@ -441,14 +465,64 @@ class Ingest:
         problems.extend(f"broker topology: {p}" for p in self.topology_problems)
         return problems
 
+    def watermark(self) -> datetime | None:
+        """A receive time before which every heartbeat the broker held is committed, as far
+        as this worker can vouch; None when it can vouch for nothing new.
+
+        In step (the queue empty at the last look, and nothing received before it was found
+        empty twice in a row left unwritten), that is the present, or the first receive time
+        still being written. Out of step (a backlog in the queue, a new broker session, a
+        backlog received and not yet written) it vouches for nothing: the receive times of a
+        backlog are those of its delivery, not of its publication. With the broker
+        unreachable, the present: agents cannot publish either.
+        """
+        now = self.clock()
+        if self._session is None or not self.consuming.is_set():
+            self._in_step, self._step_mark, self._empty_looks = False, None, 0
+            return now if self._broker_unreachable else None
+        if self._ready != 0:
+            self._in_step, self._step_mark, self._empty_looks = False, None, 0
+            return None
+        pending = list(self._writing.values())
+        if self._buffer:
+            pending.append(self._buffer[0].received_at)
+        oldest = min(pending, default=None)
+        if not self._in_step:
+            # The queue was empty at two looks in a row: what the broker handed over before
+            # the second (on the wire at the first included) is the backlog, in step once
+            # it is all written.
+            self._empty_looks += 1
+            if self._empty_looks == 2:
+                self._step_mark = now
+            if self._step_mark is None or (oldest is not None and oldest <= self._step_mark):
+                return None
+            self._in_step = True
+        return now if oldest is None else min(now, oldest)
+
+    async def _report_watermark(self) -> None:
+        seen = self.watermark()
+        if seen is not None and (self.seen_through is None or seen > self.seen_through):
+            self.seen_through = seen
+        if self.seen_through is None:
+            return  # nothing to vouch for yet: the detector holds until this worker can
+        self.metrics.seen_through.set(self.seen_through.timestamp())
+        try:
+            async with self.db.connection() as conn:
+                await report_watermark(conn, self.name, self.seen_through, self.clock())
+        except (ServiceUnavailable, StoreError) as exc:
+            log.debug("watermark not reported: %s", exc)
+
     async def _watch_queue_depth(self) -> None:
         while True:
             session = self._session
             if session is not None and not session.dead_letters.is_closed:
                 try:
                     declared = await session.dead_letters.queue_declare(INGEST_QUEUE, passive=True)
-                    self.metrics.queue_depth.set(declared.message_count or 0)
+                    self._ready = declared.message_count or 0
+                    self.metrics.queue_depth.set(self._ready)
                     await self.check_topology()
                 except AMQP_CONNECTION_ERRORS as exc:
+                    self._ready = -1
                     log.debug("queue depth unavailable: %s", exc)
+            await self._report_watermark()
             await asyncio.sleep(self.config.queue_depth_interval_s)

@@ -58,6 +58,9 @@ if TYPE_CHECKING:  # what mypy and readers see; the same names, loaded on first 
     from fleetpulse.store.liveness import (
         DETECTOR_LOCK_KEY as DETECTOR_LOCK_KEY,
         DetectorLease as DetectorLease,
+        WatermarkView as WatermarkView,
+        read_watermark as read_watermark,
+        report_watermark as report_watermark,
         sweep_silent as sweep_silent,
     )
     from fleetpulse.store.migrate import (
@@ -123,7 +126,10 @@ else:
             "engine": "RETRYABLE_DB_ERRORS Database Edition connect detect_edition map_db_errors",
             "capacity": "CapacityFilter CapacityMatch matching_gpus",
             "event_feed": "EventFeed EventSubscription",
-            "liveness": "DETECTOR_LOCK_KEY DetectorLease sweep_silent",
+            "liveness": (
+                "DETECTOR_LOCK_KEY DetectorLease WatermarkView read_watermark"
+                " report_watermark sweep_silent"
+            ),
             "migrate": "current_revision downgrade ensure_database head_revision upgrade",
             "queries": (
                 "RELIABILITY_WINDOW AgentRecord GpuBucket GpuState HostBucket StatusEvent "

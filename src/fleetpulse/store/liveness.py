@@ -3,10 +3,21 @@
 :class:`DetectorLease` is the silence detector's whole hold on the database (its own
 connection, the session advisory lock that makes it the acting one, the edition found at
 connect): the detector itself sees only fleetpulse errors.
+
+Silence is judged against what ingest has been able to see, not the wall clock alone. Each
+ingest worker reports a watermark to ``ingest_watermarks``: ``seen_through``, a receive time
+before which every heartbeat the broker held has been committed (or, with the broker
+unreachable, the present: agents could not publish either). The detector's view is the
+least watermark of the workers that reported lately; a heartbeat last received before the
+view less ``offline_after_s`` is silence. When every report is stale (ingest stopped, the
+database or the registry out of reach for ingest) the view holds still, so heartbeats
+queued meanwhile are committed before anyone is judged; with no report ever (no ingest
+yet) the wall clock is the view.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal, Self
 
@@ -19,7 +30,14 @@ from fleetpulse.errors import StoreError
 from fleetpulse.store.engine import Edition, map_db_errors, open_session
 from fleetpulse.store.retention import apply_retention
 
-__all__ = ["DETECTOR_LOCK_KEY", "DetectorLease", "sweep_silent"]
+__all__ = [
+    "DETECTOR_LOCK_KEY",
+    "DetectorLease",
+    "WatermarkView",
+    "read_watermark",
+    "report_watermark",
+    "sweep_silent",
+]
 
 # Fixed key of the session-level advisory lock only the acting detector holds.
 DETECTOR_LOCK_KEY: Final = 0x666C_7470_6C73_0001  # "fltpls" + 1
@@ -69,19 +87,67 @@ async def sweep_silent(
     offline_after_s: float,
     since: datetime | None = None,
     limit: int = 10_000,
+    seen_through: datetime | None = None,
 ) -> int:
-    """Mark online agents last heard before ``now - offline_after_s`` offline; return how many.
+    """Mark online agents last heard before ``view - offline_after_s`` offline (the view:
+    ``now``, or ``seen_through`` when earlier); return how many. Events are dated ``now``.
 
     ``now`` is the receive-side clock (never an agent's ``sampled_at``). With ``since``, only
     agents last heard at or after it are looked at (the previous sweep's threshold, less a
     margin); without, every one, ``limit`` at most: after a long outage the next full sweep
     takes the rest.
     """
-    cutoff = now - timedelta(seconds=offline_after_s)
+    view = now if seen_through is None else min(now, seen_through)
+    cutoff = view - timedelta(seconds=offline_after_s)
     async with conn.transaction():
         params = {"now": now, "cutoff": cutoff, "since": since, "limit": limit}
         cur = await conn.execute(_FULL_SWEEP_SQL if since is None else _SWEEP_SQL, params)
         return max(cur.rowcount, 0)
+
+
+_REPORT_SQL: Final = """
+INSERT INTO ingest_watermarks (worker, seen_through, reported_at)
+VALUES (%(worker)s, %(seen_through)s, %(at)s)
+ON CONFLICT (worker) DO UPDATE
+   SET seen_through = GREATEST(ingest_watermarks.seen_through, EXCLUDED.seen_through),
+       reported_at = EXCLUDED.reported_at
+"""
+# Reports of workers gone for a day are forgotten (each process reports under its own name).
+_FORGET_SQL: Final = "DELETE FROM ingest_watermarks WHERE reported_at < %(at)s - interval '1 day'"
+_VIEW_SQL: Final = """
+SELECT count(*), min(seen_through) FILTER (WHERE reported_at >= %(fresh)s)
+  FROM ingest_watermarks
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WatermarkView:
+    """What the detector may judge: ``seen_through`` (None: hold, judge nobody) and whether
+    any ingest has ever reported (``known``; if not, the wall clock is all there is)."""
+
+    seen_through: datetime | None
+    known: bool
+
+
+async def report_watermark(
+    conn: psycopg.AsyncConnection[TupleRow], worker: str, seen_through: datetime, at: datetime
+) -> None:
+    """This worker has committed every heartbeat received before ``seen_through``."""
+    async with conn.transaction():
+        await conn.execute(_REPORT_SQL, {"worker": worker, "seen_through": seen_through, "at": at})
+        await conn.execute(_FORGET_SQL, {"at": at})
+
+
+async def read_watermark(
+    conn: psycopg.AsyncConnection[TupleRow], *, now: datetime, fresh_s: float
+) -> WatermarkView:
+    """The least watermark of the workers that reported within ``fresh_s`` of ``now``."""
+    cur = await conn.execute(_VIEW_SQL, {"fresh": now - timedelta(seconds=fresh_s)})
+    row = await cur.fetchone()
+    reports, least = (row[0], row[1]) if row else (0, None)
+    if not reports:
+        return WatermarkView(now, known=False)
+    return WatermarkView(least, known=True)
 
 
 # What PostgreSQL raises when it rolls a transaction back to break a tie (class 40).
@@ -154,8 +220,19 @@ class DetectorLease:
             row = await cur.fetchone()
         return bool(row and row[0])
 
+    async def watermark(self, *, now: datetime, fresh_s: float) -> WatermarkView:
+        """:func:`read_watermark` on this connection."""
+        with map_db_errors(self.url):
+            return await read_watermark(self._open_conn, now=now, fresh_s=fresh_s)
+
     async def sweep(
-        self, *, now: datetime, offline_after_s: float, since: datetime | None, limit: int
+        self,
+        *,
+        now: datetime,
+        offline_after_s: float,
+        since: datetime | None,
+        limit: int,
+        seen_through: datetime | None = None,
     ) -> int | None:
         """:func:`sweep_silent` on this connection; None when PostgreSQL rolled the sweep
         back to break a deadlock with a batch writing the same rows (nothing was marked)."""
@@ -167,6 +244,7 @@ class DetectorLease:
                     offline_after_s=offline_after_s,
                     since=since,
                     limit=limit,
+                    seen_through=seen_through,
                 )
             except _ROLLED_BACK:
                 return None
