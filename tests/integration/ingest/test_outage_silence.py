@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -71,7 +72,7 @@ async def start_fleet(
     async with running_ingest(settings, clock=clock) as (ingest, rec, _d):
         await publish(amqp_url, [heartbeat(alive, 1), heartbeat(gone, 1)])
         await wait_until(lambda: rec.heartbeats == 2)
-        await wait_until(lambda: reported(db_url, ingest) == clock.now, what="a watermark")
+        await wait_until(lambda: reported(db_url, ingest) == clock(), what="a watermark")
     return alive, gone
 
 
@@ -86,7 +87,7 @@ def reported(db_url: str, ingest: Ingest) -> object:
 async def publish_through_outage(amqp_url: str, clock: FakeClock, alive: uuid.UUID) -> int:
     seq = 1
     for _ in range(int(OUTAGE_S / STEP_S)):
-        clock.advance(STEP_S)
+        clock.advance_nowait(STEP_S)
         seq += 1
         await publish(amqp_url, [heartbeat(alive, seq)])
     return seq - 1
@@ -127,7 +128,7 @@ async def test_an_ingest_stop_longer_than_the_threshold_marks_nobody_who_kept_pu
     db_url: str,
     amqp_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     settings = settings_for(db_url, amqp_url)
     alive, gone = await start_fleet(db_url, amqp_url, settings, clock)
     queued = await publish_through_outage(amqp_url, clock, alive)  # ingest is down
@@ -155,13 +156,13 @@ async def test_a_registry_lock_longer_than_the_threshold_marks_nobody_who_kept_p
     db_url: str,
     amqp_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     settings = settings_for(db_url, amqp_url)
     alive, gone = await start_fleet(db_url, amqp_url, settings, clock)
     detector = SilenceDetector(settings, metrics=IngestMetrics(), clock=clock)
     try:
         async with running_ingest(settings, clock=clock) as (ingest, rec, _d):
-            await wait_until(lambda: reported(db_url, ingest) == clock.now, what="a watermark")
+            await wait_until(lambda: reported(db_url, ingest) == clock(), what="a watermark")
             assert await tick(detector) == 0
             with registry_rows_locked(db_url, alive):
                 queued = await publish_through_outage(amqp_url, clock, alive)
@@ -189,7 +190,7 @@ async def test_a_database_outage_longer_than_the_threshold_marks_nobody_who_kept
     db_url: str,
     amqp_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     port = urlsplit(db_url).port or 5432
     async with TcpProxy("127.0.0.1", port) as proxy:
         settings = settings_for(_through(proxy, db_url), amqp_url)
@@ -203,7 +204,7 @@ async def test_a_database_outage_longer_than_the_threshold_marks_nobody_who_kept
         detector = SilenceDetector(settings, metrics=IngestMetrics(), clock=clock)
         try:
             async with running_ingest(settings, clock=clock) as (ingest, _rec, _d):
-                await wait_until(lambda: reported(db_url, ingest) == clock.now, what="a watermark")
+                await wait_until(lambda: reported(db_url, ingest) == clock(), what="a watermark")
                 assert await tick(detector) == 0
                 await proxy.cut()
                 queued = await publish_through_outage(amqp_url, clock, alive)
@@ -224,7 +225,7 @@ async def test_the_broker_down_still_marks_agents_offline_and_back_within_second
 ) -> None:
     """Agents cannot publish while the broker is down, so silence is judged as before; once
     it is back, an agent's next heartbeat brings it online within seconds."""
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     settings = settings_for(db_url, amqp_url)
     alive, gone = await start_fleet(db_url, amqp_url, settings, clock)
     parts = urlsplit(amqp_url)
@@ -239,11 +240,11 @@ async def test_the_broker_down_still_marks_agents_offline_and_back_within_second
         detector = SilenceDetector(settings, metrics=IngestMetrics(), clock=clock)
         try:
             async with running_ingest(via_proxy, clock=clock) as (ingest, _rec, _d):
-                await wait_until(lambda: reported(db_url, ingest) == clock.now, what="a watermark")
+                await wait_until(lambda: reported(db_url, ingest) == clock(), what="a watermark")
                 await proxy.cut()  # the broker, as ingest sees it, is gone
                 await wait_until(lambda: not ingest.consuming.is_set())
-                clock.advance(120)
-                await wait_until(lambda: reported(db_url, ingest) == clock.now, what="the present")
+                clock.advance_nowait(120)
+                await wait_until(lambda: reported(db_url, ingest) == clock(), what="the present")
                 assert await tick(detector) == 2
                 await proxy.restore()
                 back = time.monotonic()

@@ -5,16 +5,16 @@
   (``reported_at``). The silence detector judges at the least fresh watermark, so an ingest
   or database outage does not mark the fleet offline.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
