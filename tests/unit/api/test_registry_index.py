@@ -613,3 +613,11 @@ def test_the_memo_holds_up_to_its_row_bound_exactly(monkeypatch: pytest.MonkeyPa
     two = index.query(CapacityFilter(min_cpu_cores=8), CLOCK)  # 3 + 2 > 4: cleared, then 2
     assert len(index.query(CapacityFilter(min_cpu_cores=4, limit=2), CLOCK)) == 2  # 4: kept
     assert index.query(CapacityFilter(min_cpu_cores=8), CLOCK) is two
+
+
+def test_a_degraded_gpu_matches_only_when_the_question_includes_degraded_ones() -> None:
+    sick, fine, dead = gpu(0, 20.0, health="degraded"), gpu(1, 8.0), gpu(2, 24.0, health="failed")
+    agent = record("ws", gpus=(sick, fine, dead))
+    assert matching_gpus(agent, CapacityFilter(min_gpu_vram_gb=4)) == (1,)
+    with_degraded = CapacityFilter(min_gpu_vram_gb=4, include_degraded=True)
+    assert matching_gpus(agent, with_degraded) == (0, 1)
