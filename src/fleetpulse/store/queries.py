@@ -8,11 +8,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import psycopg
-from psycopg.rows import TupleRow
+from psycopg.rows import TupleRow, class_row
 
 __all__ = [
     "RELIABILITY_WINDOW",
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 Conn = psycopg.AsyncConnection[TupleRow]
+_Row = TypeVar("_Row", bound=msgspec.Struct)
 AgentStatus = Literal["online", "offline"]
 RELIABILITY_WINDOW: Final = timedelta(days=30)
 
@@ -304,61 +305,53 @@ async def fetch_reliability(
     return result
 
 
+def _aggregates(column: str, cast: str = "") -> str:
+    """avg/min/max of a column, named as the bucket's fields are."""
+    return (
+        f"avg({column}){cast} AS {column}_avg, min({column}) AS {column}_min,"
+        f" max({column}) AS {column}_max"
+    )
+
+
+_HOST_BUCKETS: Final = (
+    "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS bucket, count(*) AS samples, "
+    + ", ".join(
+        (
+            _aggregates("cpu_load_1m"),
+            _aggregates("cpu_available_cores", "::float8"),
+            _aggregates("mem_available_gb"),
+            _aggregates("gpu_vram_available_gb"),
+        )
+    )
+    + " FROM agent_samples WHERE agent_id = %(agent)s"
+    "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
+    " GROUP BY 1 ORDER BY 1"
+)
+_GPU_BUCKETS: Final = (
+    "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS bucket, gpu_index,"
+    f" count(*) AS samples, {_aggregates('vram_free_gb')}, avg(util_pct) AS util_pct_avg"
+    " FROM gpu_samples WHERE agent_id = %(agent)s"
+    "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
+    " GROUP BY 1, gpu_index ORDER BY 1, gpu_index"
+)
+
+
+async def _fetch_as(
+    conn: Conn, struct: type[_Row], query: str, params: dict[str, Any]
+) -> list[_Row]:
+    """Rows as ``struct``, each field from the result column of its name."""
+    async with conn.cursor(row_factory=class_row(struct)) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()
+
+
 async def fetch_history(
     conn: Conn, agent_id: uuid.UUID, *, since: datetime, until: datetime, bucket: timedelta
 ) -> tuple[list[HostBucket], list[GpuBucket]]:
     """``time_bucket`` aggregates of one agent's samples in ``[since, until)``."""
     params = {"agent": agent_id, "since": since, "until": until, "bucket": bucket}
-    cur = await conn.execute(
-        "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS b, count(*),"
-        " avg(cpu_load_1m), min(cpu_load_1m), max(cpu_load_1m),"
-        " avg(cpu_available_cores)::float8, min(cpu_available_cores), max(cpu_available_cores),"
-        " avg(mem_available_gb), min(mem_available_gb), max(mem_available_gb),"
-        " avg(gpu_vram_available_gb), min(gpu_vram_available_gb), max(gpu_vram_available_gb)"
-        " FROM agent_samples WHERE agent_id = %(agent)s"
-        "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
-        " GROUP BY b ORDER BY b",
-        params,
-    )
-    hosts = [
-        HostBucket(
-            bucket=r[0],
-            samples=r[1],
-            cpu_load_1m_avg=r[2],
-            cpu_load_1m_min=r[3],
-            cpu_load_1m_max=r[4],
-            cpu_available_cores_avg=r[5],
-            cpu_available_cores_min=r[6],
-            cpu_available_cores_max=r[7],
-            mem_available_gb_avg=r[8],
-            mem_available_gb_min=r[9],
-            mem_available_gb_max=r[10],
-            gpu_vram_available_gb_avg=r[11],
-            gpu_vram_available_gb_min=r[12],
-            gpu_vram_available_gb_max=r[13],
-        )
-        for r in await cur.fetchall()
-    ]
-    cur = await conn.execute(
-        "SELECT time_bucket(%(bucket)s::interval, sampled_at) AS b, gpu_index, count(*),"
-        " avg(vram_free_gb), min(vram_free_gb), max(vram_free_gb), avg(util_pct)"
-        " FROM gpu_samples WHERE agent_id = %(agent)s"
-        "  AND sampled_at >= %(since)s AND sampled_at < %(until)s"
-        " GROUP BY b, gpu_index ORDER BY b, gpu_index",
-        params,
-    )
-    gpus = [
-        GpuBucket(
-            bucket=r[0],
-            gpu_index=r[1],
-            samples=r[2],
-            vram_free_gb_avg=r[3],
-            vram_free_gb_min=r[4],
-            vram_free_gb_max=r[5],
-            util_pct_avg=r[6],
-        )
-        for r in await cur.fetchall()
-    ]
+    hosts = await _fetch_as(conn, HostBucket, _HOST_BUCKETS, params)
+    gpus = await _fetch_as(conn, GpuBucket, _GPU_BUCKETS, params)
     return hosts, gpus
 
 
@@ -378,7 +371,9 @@ async def fetch_events(
     limit: int = 100,
 ) -> list[StatusEvent]:
     """Status transitions in id order (the order they were decided)."""
-    cur = await conn.execute(
+    return await _fetch_as(
+        conn,
+        StatusEvent,
         f"SELECT {_EVENT_COLUMNS} FROM agent_status_events e"
         " JOIN agent_registry r USING (agent_id)"
         " WHERE (%(agent)s::uuid IS NULL OR e.agent_id = %(agent)s)"
@@ -388,20 +383,6 @@ async def fetch_events(
         " ORDER BY e.id LIMIT %(limit)s",
         {"agent": agent_id, "since": since, "until": until, "after": after_id, "limit": limit},
     )
-    return [
-        StatusEvent(
-            id=r[0],
-            agent_id=r[1],
-            hostname=r[2],
-            pool_name=r[3],
-            at=r[4],
-            from_status=r[5],
-            to_status=r[6],
-            reason=r[7],
-            detail=r[8],
-        )
-        for r in await cur.fetchall()
-    ]
 
 
 async def latest_event_id(conn: Conn) -> int:
