@@ -5,7 +5,7 @@ RUN := $(UV) run --frozen
 PYTEST_WORKERS ?= 3
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: bootstrap services up test test-unit test-cluster cluster cluster-down check lint format bench soak mutate lock clean-db
+.PHONY: bootstrap services up test test-scenarios test-unit test-cluster cluster cluster-down check lint format bench soak mutate lock clean-db
 
 bootstrap:  ## Python toolchain and the locked virtualenv
 	@bash scripts/bootstrap.sh
@@ -17,8 +17,11 @@ up: bootstrap services  ## the whole system on this machine
 	$(RUN) fleetpulse db upgrade
 	$(RUN) fleetpulse up
 
-test: bootstrap services  ## the whole suite against real services, with line coverage
-	$(RUN) pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
+test: bootstrap services  ## the suite against real services, with line coverage (scenarios apart)
+	$(RUN) pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not scenario" --cov --cov-report=term $(PYTEST_ARGS)
+
+test-scenarios: bootstrap services  ## whole-system scenarios: processes, outages, Prometheus, notebooks
+	$(RUN) pytest -n $(PYTEST_WORKERS) --dist loadfile -m scenario $(PYTEST_ARGS)
 
 cluster: services  ## three more RabbitMQ nodes in one cluster on :5701-5703 (idempotent)
 	@bash scripts/cluster.sh up

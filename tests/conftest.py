@@ -47,10 +47,36 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 
+# Whole-system scenarios: each starts several processes (ingest, API, agents, Prometheus,
+# kernels, a fresh virtualenv) or waits out real outages. `make test` leaves them out to stay
+# under a minute; `make test-scenarios` runs them, and CI runs both.
+SCENARIO_FILES = frozenset(
+    {
+        "tests/integration/test_fleet_up.py",
+        "tests/integration/test_dashboards_promql.py",
+        "tests/integration/test_notebooks.py",
+        "tests/integration/test_light_install.py",
+        "tests/integration/agent/test_agent_faults.py",
+        "tests/integration/agent/test_agent_cli.py",
+        "tests/integration/agent/test_failover.py",
+        "tests/integration/ingest/test_outage_silence.py",
+        "tests/integration/ingest/test_ingest_process.py",
+        "tests/integration/ingest/test_memory_bounds.py",
+        "tests/integration/ingest/test_topology_repair.py",
+        "tests/integration/api/test_claims_race.py",
+        "tests/integration/api/test_dispatch_example.py",
+        "tests/integration/api/test_server.py",
+    }
+)
+_ROOT = Path(__file__).resolve().parent.parent
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
+        if item.path.resolve().relative_to(_ROOT).as_posix() in SCENARIO_FILES:
+            item.add_marker(pytest.mark.scenario)
     # Longest files first (xdist keeps this order with --no-loadscope-reorder), so that no
     # worker picks up a process-starting end-to-end test when the others are done.
     items.sort(key=_expected_seconds, reverse=True)
