@@ -186,7 +186,6 @@ def settings_from(args: argparse.Namespace, db_url: str, amqp_url: str) -> Setti
         prefetch=args.prefetch,
         batch_max_messages=args.batch,
         batch_max_age_s=args.batch_age,
-        write_method=args.write_method,
         commit_pipeline=args.pipeline,
     )
 
@@ -403,7 +402,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "prefetch": args.prefetch,
                 "batch_max_messages": args.batch,
                 "batch_max_age_s": args.batch_age,
-                "write_method": args.write_method,
+                "write_method": "copy",
                 "commit_pipeline": args.pipeline,
             },
         }
@@ -431,7 +430,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--latency-runs", type=int, default=3)
-    parser.add_argument("--write-method", choices=["copy", "unnest"], default="copy")
     parser.add_argument("--pipeline", type=int, default=2, help="batches written at once")
     arguments = parser.parse_args()
     print(json.dumps(uvloop.run(main(arguments)), indent=2))
