@@ -607,6 +607,18 @@ def pipeline_health() -> Json:
         ),
         panel(
             "timeseries",
+            "Detector view: lag behind the clock and holding",
+            [
+                prom("max(fleetpulse_detector_lag_seconds)", "lag"),
+                prom("max(fleetpulse_detector_holding)", "holding (1 = judges nobody)"),
+            ],
+            w=8,
+            unit="s",
+            description="Silence is judged at what ingest has committed, not at the wall clock:"
+            " a backlog or an outage shows here as lag, and no agent is marked offline for it.",
+        ),
+        panel(
+            "timeseries",
             "Detector sweep time",
             [prom(quantile(0.95, "fleetpulse_detector_sweep_seconds"), "p95")],
             w=8,
