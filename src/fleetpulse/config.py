@@ -182,6 +182,14 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     taken unacked; past it held the consumer pauses until half is settled."""
     dead_letter_max_messages: PositiveInt = 100_000
     """`fleetpulse.dead` keeps at most this many messages; past it the oldest are dropped."""
+    sample_max_behind_s: Positive = 86_400.0
+    """A heartbeat's `sampled_at` this much before its receive time is still trusted (spool
+    replays); older ones are stored at the receive time, flagged `clock_skewed`."""
+    sample_max_ahead_s: Positive = 300.0
+    """A heartbeat's `sampled_at` this much after its receive time is still trusted; later
+    ones are stored at the receive time, flagged `clock_skewed`."""
+    clock_skew_event_s: Positive = 60.0
+    """An agent whose clock is off by more than this gets a `clock_skew` event."""
     dead_letter_max_bytes: PositiveInt = 256 * 1024 * 1024
     """`fleetpulse.dead` keeps at most this many bytes; past it the oldest are dropped."""
 

@@ -188,6 +188,9 @@ class Heartbeat(
     work_status: WorkStatus = WorkStatus()
     agent_stats: AgentStats | None = None
     presence: Presence | None = None
+    # Drawn by the agent at each start; with ``seq`` it orders the agent's samples, so its
+    # clock never can. Optional: older agents send none.
+    incarnation: uuid.UUID | None = None
 
 
 class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye", tag_field="message_type"):
@@ -200,6 +203,7 @@ class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye", tag_fiel
     hostname: ShortText
     agent_version: Version
     pool: Pool | None = None
+    incarnation: uuid.UUID | None = None
 
 
 Message = Heartbeat | Goodbye

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -488,3 +489,33 @@ def test_random_bytes_raise_only_the_contract_error(raw: bytes) -> None:
 def test_random_json_raises_only_the_contract_error(value: object) -> None:
     with contextlib.suppress(MessageError):
         decode(json.dumps(value).encode())
+
+
+def test_incarnation_is_optional_both_ways() -> None:
+    """Wire contract additions are optional: an older agent's body (no incarnation) decodes,
+    and an older ingest, whose structs ignore unknown fields, reads a newer agent's body."""
+    run = uuid.uuid4()
+    body = json.dumps(
+        {
+            "schema_version": 1,
+            "message_type": "goodbye",
+            "agent_id": str(uuid.uuid4()),
+            "seq": 3,
+            "sent_at": "2026-11-24T04:00:00Z",
+            "hostname": "ws",
+            "agent_version": "0.1.0",
+        }
+    ).encode()
+    old = decode(body)
+    assert old.incarnation is None
+    new = decode(body.replace(b'"seq"', f'"incarnation": "{run}", "seq"'.encode()))
+    assert new.incarnation == run
+
+    class OlderGoodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye",
+                       tag_field="message_type"):  # fmt: skip
+        schema_version: int
+        agent_id: uuid.UUID
+        seq: int
+
+    read = msgspec.json.decode(messages.encode(new), type=OlderGoodbye)
+    assert (read.agent_id, read.seq) == (new.agent_id, 3)

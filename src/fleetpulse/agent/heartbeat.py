@@ -43,6 +43,8 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     hostname: str
     pool: str | None = None
     agent_version: str = __version__
+    # This run of the agent: a new one at every start (spooled samples keep theirs).
+    incarnation: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
 
     @property
     def routing_key(self) -> str:
@@ -115,6 +117,7 @@ def build_heartbeat(
         work_status=work_status or WorkStatus(),
         agent_stats=stats,
         presence=presence,
+        incarnation=identity.incarnation,
     )
 
 
@@ -127,6 +130,7 @@ def build_goodbye(identity: Identity, *, seq: int, sent_at: datetime) -> Goodbye
         hostname=identity.hostname,
         pool=identity.pool,
         agent_version=identity.agent_version,
+        incarnation=identity.incarnation,
     )
 
 

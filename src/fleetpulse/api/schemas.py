@@ -152,6 +152,10 @@ class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
     offered: bool = True
     withheld_reason: str | None = None
     presence: Presence | None = None
+    # The agent's clock minus ingest's at its last heartbeat (positive: ahead), seconds;
+    # null until an agent is heard after the upgrade. last_sampled_at is never later than
+    # the receive time, so sample_age_s cannot be pushed into the future by the agent.
+    clock_offset_s: float | None = None
 
 
 class Capacity(Agent, kw_only=True):
@@ -296,6 +300,7 @@ def _fields(
             locked=record.presence_locked,
             source=record.presence_source,
         ),
+        "clock_offset_s": record.clock_offset_s,
     }
 
 

@@ -128,6 +128,7 @@ class Agent(msgspec.Struct, kw_only=True, frozen=True):
     offered: bool = True
     withheld_reason: str | None = None
     presence: Presence | None = None
+    clock_offset_s: float | None = None  # the agent's clock minus ingest's, seconds
 
 
 class Capacity(Agent, kw_only=True, frozen=True):

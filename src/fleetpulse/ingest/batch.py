@@ -22,7 +22,16 @@ from fleetpulse.config import IngestSettings
 from fleetpulse.errors import PoisonRowError, ServiceUnavailable, StoreError
 from fleetpulse.ingest.deadletter import AMQP_CONNECTION_ERRORS, dead_letter, log_rejection
 from fleetpulse.ingest.metrics import IngestMetrics
-from fleetpulse.ingest.planner import Decoded, Delivery, Plan, Rejection, decode_batch, plan_batch
+from fleetpulse.ingest.planner import (
+    ClockBounds,
+    Decoded,
+    Delivery,
+    Plan,
+    Rejection,
+    clock_offset_s,
+    decode_batch,
+    plan_batch,
+)
 from fleetpulse.lifecycle import Backoff
 from fleetpulse.messages import Heartbeat
 from fleetpulse.store import REPLAN_ATTEMPTS, Database, WriteResult, locked_batch
@@ -107,6 +116,9 @@ class BatchProcessor:
         self.config = config
         self.metrics = metrics
         self.deadline: float | None = None
+        self.clock_bounds = ClockBounds(
+            config.sample_max_behind_s, config.sample_max_ahead_s, config.clock_skew_event_s
+        )
         self._sleep = sleep
         self._on_commit = on_commit
 
@@ -225,6 +237,7 @@ class BatchProcessor:
                         require_user_id=config.require_user_id,
                         gpu_pool=config.default_gpu_pool,
                         cpu_pool=config.default_cpu_pool,
+                        clock=self.clock_bounds,
                     )
                     result = await batch.write(plan.write)
                 if result is not None:
@@ -264,12 +277,18 @@ class BatchProcessor:
         m.batch_size.observe(size)
         heartbeats: list[Heartbeat] = []
         observe_lag = m.lag_seconds.observe
+        observe_offset = m.clock_offset_seconds.observe
+        bounds = self.clock_bounds
         for plan in outcome.plans:
             for item in plan.heartbeats:
                 message = item.message
                 assert isinstance(message, Heartbeat)
                 heartbeats.append(message)
-                observe_lag((item.delivery.received_at - message.sampled_at).total_seconds())
+                received = item.delivery.received_at
+                observe_lag((received - message.sampled_at).total_seconds())
+                observe_offset(abs(clock_offset_s(message, received)))
+                if bounds.skewed(message, received):
+                    m.clock_skewed.inc()
         on_commit = self._on_commit()
         if on_commit is not None:
             on_commit(

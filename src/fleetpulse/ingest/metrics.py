@@ -61,6 +61,18 @@ class IngestMetrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.clock_offset_seconds = Histogram(
+            "fleetpulse_ingest_clock_offset_seconds",
+            "How far an agent's clock is off ingest's, per heartbeat (|sent_at - receive time|)",
+            buckets=(0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0, 31_536_000.0),
+            registry=r,
+        )
+        self.clock_skewed = Counter(
+            "fleetpulse_ingest_clock_skewed_samples",
+            "Samples whose sampled_at lay outside the accepted bounds around their receive time"
+            " (stored at the receive time, flagged)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "fleetpulse_ingest_queue_depth", "Messages ready in the ingest queue", registry=r
         )

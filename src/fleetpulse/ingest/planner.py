@@ -10,6 +10,7 @@ presence is offered) and ``gpu_health`` when the set of GPUs that are not ``ok``
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,10 +32,12 @@ from fleetpulse.store import (
 )
 
 __all__ = [
+    "ClockBounds",
     "Decoded",
     "Delivery",
     "Plan",
     "Rejection",
+    "clock_offset_s",
     "decode_batch",
     "gpu_health_summary",
     "pg_text_array",
@@ -179,6 +182,24 @@ def _check_identity(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ClockBounds:
+    """How far from its receive time an agent's ``sampled_at`` is accepted (behind: spool
+    replays after an outage; ahead: clocks a little off), and the clock offset past which
+    an agent's row gets a ``clock_skew`` event."""
+
+    max_behind_s: float = 86_400.0
+    max_ahead_s: float = 300.0
+    skew_event_s: float = 60.0
+
+    def skewed(self, message: Heartbeat, received: datetime) -> bool:
+        offset = (message.sampled_at - received).total_seconds()
+        return not -self.max_behind_s <= offset <= self.max_ahead_s
+
+
+_UNBOUNDED: Final = ClockBounds(math.inf, math.inf, math.inf)
+
+
 def plan_batch(
     decoded: Sequence[Decoded],
     state: dict[uuid.UUID, AgentState],
@@ -186,14 +207,17 @@ def plan_batch(
     require_user_id: bool = False,
     gpu_pool: str = "gpu",
     cpu_pool: str = "cpu",
+    clock: ClockBounds | None = None,
 ) -> Plan:
     """Who may write, which rows to store, which transitions to record, given the locked
-    registry ``state`` of the batch's agents."""
+    registry ``state`` of the batch's agents. Without ``clock`` every ``sampled_at`` is
+    taken as it is and no clock is judged (ingest passes its settings)."""
+    clock = clock or _UNBOUNDED
     principals: dict[uuid.UUID, str | None] = {a: s.principal for a, s in state.items()}
     rejected: list[Rejection] = []
     goodbyes: list[GoodbyeRow] = []
     accepted: list[Decoded] = []
-    spells = _Spells()
+    spells = _Spells(clock)
     samples: list[SampleRow] = []
     gpus: list[GpuRow] = []
     for item in decoded:
@@ -207,14 +231,20 @@ def plan_batch(
                     agent_id=message.agent_id,
                     sent_at=message.sent_at,
                     received_at=delivery.received_at,
+                    incarnation=message.incarnation,
+                    seq=message.seq,
                 )
             )
         else:
             accepted.append(item)
             pool = _pool(message, gpu_pool, cpu_pool)
-            samples.append(_sample_row(message, delivery, pool))
-            gpus.extend(_gpu_rows(message))
-            spells.see(message, delivery, pool)
+            skewed = clock.skewed(message, delivery.received_at)
+            # A time outside the bounds is not trusted: the sample is kept at its receive
+            # time, flagged, rather than at a time that never was.
+            when = delivery.received_at if skewed else message.sampled_at
+            samples.append(_sample_row(message, delivery, pool, when, skewed))
+            gpus.extend(_gpu_rows(message, when))
+            spells.see(message, delivery, pool, when)
     agents = sorted(spells.newest)
     registry = [spells.registry_row(a, principals.get(a)) for a in agents]
     events = [e for a in agents for e in spells.events(a, state.get(a))]
@@ -222,11 +252,13 @@ def plan_batch(
     return Plan(write, rejected, accepted, len(goodbyes))
 
 
-def _sample_row(message: Heartbeat, delivery: Delivery, pool: str) -> SampleRow:
+def _sample_row(
+    message: Heartbeat, delivery: Delivery, pool: str, when: datetime, skewed: bool
+) -> SampleRow:
     metrics = message.resource_metrics
     return SampleRow(
         agent_id=message.agent_id,
-        sampled_at=message.sampled_at,
+        sampled_at=when,
         received_at=delivery.received_at,
         seq=message.seq,
         hostname=message.hostname,
@@ -245,14 +277,15 @@ def _sample_row(message: Heartbeat, delivery: Delivery, pool: str) -> SampleRow:
         gpu_vram_total_gb=metrics.gpu_vram_total_gb,
         gpu_vram_available_gb=metrics.gpu_vram_available_gb,
         errors=pg_text_array(metrics.errors),
+        clock_skewed=skewed,
     )
 
 
-def _gpu_rows(message: Heartbeat) -> list[GpuRow]:
+def _gpu_rows(message: Heartbeat, when: datetime) -> list[GpuRow]:
     return [
         GpuRow(
             agent_id=message.agent_id,
-            sampled_at=message.sampled_at,
+            sampled_at=when,
             gpu_index=gpu.index,
             gpu_uuid=gpu.uuid,
             name=gpu.name,
@@ -268,32 +301,52 @@ def _gpu_rows(message: Heartbeat) -> list[GpuRow]:
 
 
 @dataclass(slots=True)
+class _Seen:
+    message: Heartbeat
+    pool: str
+    received: datetime
+    when: datetime  # sampled_at, or the receive time when that was out of bounds
+
+
+def newer(incoming: _Seen, seen: _Seen) -> bool:
+    """The store's rule for which of two samples of an agent is newer: within one
+    incarnation by ``seq``, between two by receive order, for an agent that sends no
+    incarnation by its (bounded) sample time. The agent's clock alone never decides."""
+    a, b = incoming.message, seen.message
+    if a.incarnation is not None and a.incarnation == b.incarnation:
+        return a.seq > b.seq
+    if a.incarnation != b.incarnation:
+        return incoming.received >= seen.received
+    return incoming.when > seen.when
+
+
+@dataclass(slots=True)
 class _Spells:
     """Per agent within a batch: its newest heartbeat and the span of receive times."""
 
-    newest: dict[uuid.UUID, tuple[Heartbeat, str]] = field(default_factory=dict)
-    newest_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    clock: ClockBounds
+    newest: dict[uuid.UUID, _Seen] = field(default_factory=dict)
     first_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
-    def see(self, message: Heartbeat, delivery: Delivery, pool: str) -> None:
+    def see(self, message: Heartbeat, delivery: Delivery, pool: str, when: datetime) -> None:
         agent_id, received = message.agent_id, delivery.received_at
+        incoming = _Seen(message, pool, received, when)
         seen = self.newest.get(agent_id)
         if seen is None:
-            self.newest[agent_id] = (message, pool)
-            self.newest_received[agent_id] = received
+            self.newest[agent_id] = incoming
             self.first_received[agent_id] = self.last_received[agent_id] = received
             return
-        if message.sampled_at > seen[0].sampled_at:
-            self.newest[agent_id] = (message, pool)
-            self.newest_received[agent_id] = received
+        if newer(incoming, seen):
+            self.newest[agent_id] = incoming
         if received < self.first_received[agent_id]:
             self.first_received[agent_id] = received
         if received > self.last_received[agent_id]:
             self.last_received[agent_id] = received
 
     def registry_row(self, agent_id: uuid.UUID, principal: str | None) -> RegistryRow:
-        message, pool = self.newest[agent_id]
+        seen = self.newest[agent_id]
+        message = seen.message
         metrics = message.resource_metrics
         stats = message.agent_stats
         presence = message.presence
@@ -301,10 +354,11 @@ class _Spells:
         return RegistryRow(
             agent_id=agent_id,
             hostname=message.hostname,
-            pool_name=pool,
+            pool_name=seen.pool,
             first_received_at=self.first_received[agent_id],
             received_at=self.last_received[agent_id],
-            sampled_at=message.sampled_at,
+            # never later than its receive time: ages come from a clock the agent cannot push
+            sampled_at=min(seen.when, seen.received),
             seq=message.seq,
             agent_version=message.agent_version,
             principal=principal,
@@ -326,20 +380,24 @@ class _Spells:
             offered=True if presence is None else presence.offered,
             withheld_reason=None if presence is None else presence.withheld_reason,
             gpu_health=None if health is None else _json.encode(health).decode(),
+            incarnation=message.incarnation,
+            state_received_at=seen.received,
+            clock_offset_s=clock_offset_s(message, seen.received),
         )
 
     def events(self, agent_id: uuid.UUID, before: AgentState | None) -> list[EventRow]:
         """The batch's events of this agent: coming (back) online, then, when its newest
-        heartbeat is newer than what the registry holds, a change of offer or GPU health."""
+        heartbeat is newer than what the registry holds, a change of offer or GPU health,
+        and its clock going off by more than ``skew_event_s`` (from within it)."""
         found: list[EventRow] = []
         online = self.transition(agent_id, before)
         if online is not None:
             found.append(online)
-        message, _pool = self.newest[agent_id]
-        stored = None if before is None else before.last_sampled_at
-        if stored is not None and message.sampled_at <= stored:
+        seen = self.newest[agent_id]
+        message = seen.message
+        if before is not None and not _newer_than_state(seen, before):
             return found  # a late replay changes nothing the registry shows
-        at = self.newest_received[agent_id]
+        at = seen.received
         presence = message.presence
         offered = True if presence is None else presence.offered
         if offered != (True if before is None else before.offered):
@@ -348,6 +406,11 @@ class _Spells:
         health = gpu_health_summary(message.resource_metrics.gpus)
         if health != (None if before is None else before.gpu_health):
             found.append(EventRow(agent_id, at, "online", "online", "gpu_health"))
+        limit = self.clock.skew_event_s
+        was = None if before is None else before.clock_offset_s
+        now_off = abs(clock_offset_s(message, seen.received)) > limit
+        if now_off and (was is None or abs(was) <= limit):
+            found.append(EventRow(agent_id, at, "online", "online", "clock_skew"))
         return found
 
     def transition(self, agent_id: uuid.UUID, before: AgentState | None) -> EventRow | None:
@@ -361,3 +424,21 @@ class _Spells:
             to_status="online",
             reason="first_heartbeat" if before is None else "heartbeat",
         )
+
+
+def _newer_than_state(seen: _Seen, before: AgentState) -> bool:
+    """The registry statement's rule (``_NEWER`` in the store), for the events."""
+    if before.last_sampled_at is None:
+        return True
+    run = seen.message.incarnation
+    if run is not None and run == before.incarnation:
+        return seen.message.seq > before.last_seq
+    if run != before.incarnation:
+        return seen.received >= (before.state_received_at or seen.received)
+    return min(seen.when, seen.received) > before.last_sampled_at
+
+
+def clock_offset_s(message: Heartbeat, received: datetime) -> float:
+    """The agent's clock minus ingest's, as far as one message shows it: ``sent_at`` is
+    stamped as it leaves the agent, transit takes milliseconds."""
+    return round((message.sent_at - received).total_seconds(), 3)

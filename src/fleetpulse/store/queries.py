@@ -99,6 +99,7 @@ class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     presence_source: str | None = None
     offered: bool = True
     withheld_reason: str | None = None
+    clock_offset_s: float | None = None  # the agent's clock minus ingest's, last heard
 
 
 class HostBucket(msgspec.Struct, frozen=True, kw_only=True):

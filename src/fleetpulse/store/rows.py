@@ -74,6 +74,9 @@ class SampleRow(NamedTuple):
     gpu_vram_total_gb: Float8
     gpu_vram_available_gb: Float8
     errors: TextArrayLiteral
+    # The agent's sampled_at lay outside what ingest accepts around the receive time: the
+    # row is keyed at the receive time instead, and says so.
+    clock_skewed: Bool
 
 
 class GpuRow(NamedTuple):
@@ -122,6 +125,9 @@ class RegistryRow(NamedTuple):
     offered: Bool
     withheld_reason: Text | None
     gpu_health: JsonText | None
+    incarnation: Uuid | None
+    state_received_at: Timestamptz  # when the message this state comes from was received
+    clock_offset_s: Float8  # the agent's clock minus ingest's (sent_at - receive time)
 
 
 class GoodbyeRow(NamedTuple):
@@ -130,6 +136,8 @@ class GoodbyeRow(NamedTuple):
     agent_id: Uuid
     sent_at: Timestamptz
     received_at: Timestamptz
+    incarnation: Uuid | None
+    seq: Int8
 
 
 class EventRow(NamedTuple):
@@ -150,6 +158,10 @@ class AgentState(NamedTuple):
     last_sampled_at: datetime | None
     offered: bool = True
     gpu_health: dict[str, str] | None = None
+    incarnation: uuid.UUID | None = None
+    last_seq: int = 0
+    state_received_at: datetime | None = None
+    clock_offset_s: float | None = None
 
 
 class BatchWrite(NamedTuple):

@@ -106,6 +106,17 @@ _REGISTRY_TARGET: Final = {
     "sampled_at": "last_sampled_at",
     "seq": "last_seq",
 }
+# Whether the staged message ``t`` is newer than the state in row ``r`` (the same rule as the
+# planner's within a batch): within one incarnation of the agent by ``seq``; between two, by
+# receive order; an agent that sends no incarnation (older agents) by its ``sampled_at``,
+# which ingest bounds around the receive time. The agent's clock alone never decides.
+_NEWER: Final = (
+    "(r.last_sampled_at IS NULL"
+    " OR (t.incarnation = r.incarnation AND t.seq > r.last_seq)"
+    " OR (t.incarnation IS DISTINCT FROM r.incarnation"
+    " AND t.{received} >= COALESCE(r.state_received_at, r.last_heartbeat_at))"
+    " OR (t.incarnation IS NULL AND r.incarnation IS NULL AND t.{sampled} > r.last_sampled_at))"
+)
 _REGISTRY_PLAIN: Final = [(n, pg) for n, pg in _REGISTRY if n != "first_received_at"]
 # Columns that follow the newest sample only; a late replay leaves them alone. The
 # heartbeat time only moves forward and a bound principal is never replaced.
@@ -133,7 +144,7 @@ _STAGED_REGISTRY_UPDATE: Final = (
     " updated_at = now(), "
     + ", ".join(
         f"{_REGISTRY_TARGET.get(n, n)} = CASE WHEN"
-        " (r.last_sampled_at IS NULL OR t.sampled_at > r.last_sampled_at)"
+        f" {_NEWER.format(received='state_received_at', sampled='sampled_at')}"
         f" THEN {_value(n, pg, 't.')} ELSE r.{_REGISTRY_TARGET.get(n, n)} END"
         for n, pg in _REGISTRY_LATEST
     )
@@ -144,14 +155,20 @@ _EVENT_SQL: Final = (
     f"INSERT INTO agent_status_events ({', '.join(n for n, _ in _EVENT)})"
     f" SELECT * FROM {_unnest(_EVENT)}"
 )
-# A goodbye ends an agent's online spell unless a sample newer than it is already stored.
+# A goodbye ends an agent's online spell unless a sample newer than it is already stored
+# (newer by the same rule as samples: its own clock does not decide for an agent that sends
+# an incarnation).
 _GOODBYE_SQL: Final = (
     f"WITH bye AS (SELECT * FROM {_unnest(_GOODBYE)}),"
     " gone AS (UPDATE agent_registry r SET status = 'offline',"
-    " status_changed_at = bye.received_at, updated_at = now()"
-    " FROM bye WHERE r.agent_id = bye.agent_id AND r.status = 'online'"
-    " AND (r.last_sampled_at IS NULL OR r.last_sampled_at <= bye.sent_at)"
-    " RETURNING r.agent_id, bye.received_at)"
+    " status_changed_at = t.received_at, updated_at = now()"
+    " FROM bye t WHERE r.agent_id = t.agent_id AND r.status = 'online'"
+    " AND (r.last_sampled_at IS NULL"
+    " OR (t.incarnation = r.incarnation AND t.seq >= r.last_seq)"
+    " OR (t.incarnation IS DISTINCT FROM r.incarnation"
+    " AND t.received_at >= COALESCE(r.state_received_at, r.last_heartbeat_at))"
+    " OR (t.incarnation IS NULL AND r.incarnation IS NULL AND r.last_sampled_at <= t.sent_at))"
+    " RETURNING r.agent_id, t.received_at)"
     f" INSERT INTO agent_status_events ({', '.join(n for n, _ in _EVENT)})"
     " SELECT agent_id, received_at, 'online', 'offline', 'shutdown' FROM gone"
 )
@@ -168,8 +185,8 @@ _LOCK_NEW_SQL: Final = (
     " (SELECT 1 FROM agent_registry r WHERE r.agent_id = u.id) ORDER BY id) a"
 )
 _LOCK_SQL: Final = (
-    "SELECT agent_id, status, principal, last_sampled_at, offered, gpu_health"
-    " FROM agent_registry"
+    "SELECT agent_id, status, principal, last_sampled_at, offered, gpu_health, incarnation,"
+    " last_seq, state_received_at, clock_offset_s FROM agent_registry"
     " WHERE agent_id = ANY(%s::uuid[]) ORDER BY agent_id FOR UPDATE"
 )
 
