@@ -13,8 +13,9 @@ def test_columns_follow_the_fields_in_order_with_their_types() -> None:
     cols = columns(SampleRow)
     assert [name for name, _ in cols] == list(SampleRow._fields)
     assert cols[3] == ("seq", PgType("int8"))
-    assert cols[-2] == ("errors", PgType("text", "text[]"))
-    assert cols[-1] == ("clock_skewed", PgType("bool"))
+    assert cols[-3] == ("errors", PgType("text", "text[]"))
+    assert cols[-2] == ("clock_skewed", PgType("bool"))
+    assert cols[-1] == ("incarnation", PgType("uuid"))
     # An optional column travels as its member's type.
     assert dict(columns(GpuRow))["util_pct"] == PgType("float8")
 

@@ -13,7 +13,8 @@ Design (outages lose nothing):
   ``confirm_timeout_s`` closes the connection; the loop moves to the next broker URL
   (with several, the nodes of a cluster; the first is picked at random), waits a capped,
   fully jittered exponential backoff and reconnects. Entries not confirmed stay in the spool and go
-  again (at-least-once; ingest stores a replay once, keyed on ``(agent_id, sampled_at)``).
+  again (at-least-once; ingest stores a replay once, keyed on ``(agent_id, sampled_at,
+  incarnation)``).
 * A message the broker returns as unroutable (no queue bound yet: ingest never ran)
   stays in the spool too, and is retried after a backoff on the same connection.
 * ``sent_at`` is set when a message leaves (``prepare``); ``sampled_at`` is never

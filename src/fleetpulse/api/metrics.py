@@ -186,8 +186,18 @@ def render_fleet(
             "counter",
             "Samples the agent dropped from its spool, as it reports.",
         ),
+        _Family(
+            "fleetpulse_agent_clock_offset_seconds",
+            "gauge",
+            "The agent's clock minus ingest's at its last heartbeat (positive: ahead).",
+        ),
+        _Family(
+            "fleetpulse_agent_identity_clash",
+            "gauge",
+            "1 while two machines send as this agent (a cloned disk, a copied state dir).",
+        ),
     ]
-    up, offered, agent_vram, agent_cores, age, probe, dropped = per_agent
+    up, offered, agent_vram, agent_cores, age, probe, dropped, offset, clash = per_agent
     for r in rows[:per_agent_limit]:
         labels = _labels(agent_id=str(r.agent_id), hostname=r.hostname, pool=r.pool_name)
         up.add(labels, 1 if r.status == "online" else 0)
@@ -199,6 +209,9 @@ def render_fleet(
             probe.add(labels, r.gpu_probe_failures_total)
         if r.spool_dropped_total is not None:
             dropped.add(labels, r.spool_dropped_total)
+        if r.clock_offset_s is not None:
+            offset.add(labels, r.clock_offset_s)
+        clash.add(labels, 0 if r.identity_clash_since is None else 1)
     omitted = max(0, len(rows) - per_agent_limit)
     fam_omitted = _Family(
         "fleetpulse_metrics_agents_omitted",

@@ -156,6 +156,9 @@ class Agent(msgspec.Struct, kw_only=True, omit_defaults=True):
     # null until an agent is heard after the upgrade. last_sampled_at is never later than
     # the receive time, so sample_age_s cannot be pushed into the future by the agent.
     clock_offset_s: float | None = None
+    # Set while two machines send as this agent (a cloned disk, a copied state dir): since
+    # when both are heard; both keep their samples, the row follows whichever spoke last.
+    identity_clash_since: datetime | None = None
 
 
 class Capacity(Agent, kw_only=True):
@@ -301,6 +304,7 @@ def _fields(
             source=record.presence_source,
         ),
         "clock_offset_s": record.clock_offset_s,
+        "identity_clash_since": record.identity_clash_since,
     }
 
 

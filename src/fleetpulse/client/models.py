@@ -129,6 +129,7 @@ class Agent(msgspec.Struct, kw_only=True, frozen=True):
     withheld_reason: str | None = None
     presence: Presence | None = None
     clock_offset_s: float | None = None  # the agent's clock minus ingest's, seconds
+    identity_clash_since: datetime | None = None  # two machines send as this agent since
 
 
 class Capacity(Agent, kw_only=True, frozen=True):

@@ -39,6 +39,7 @@ from fleetpulse.store import REPLAN_ATTEMPTS, Database, WriteResult, locked_batc
 __all__ = ["Abandoned", "BatchProcessor", "CommitReport", "Session", "Turn"]
 
 log = logging.getLogger(__name__)
+security_log = logging.getLogger("fleetpulse.security")
 
 
 @dataclass(slots=True)
@@ -238,6 +239,7 @@ class BatchProcessor:
                         gpu_pool=config.default_gpu_pool,
                         cpu_pool=config.default_cpu_pool,
                         clock=self.clock_bounds,
+                        clash_quiet_s=config.offline_after_s,
                     )
                     result = await batch.write(plan.write)
                 if result is not None:
@@ -276,6 +278,18 @@ class BatchProcessor:
             m.dead_letters.labels(rejection.reason).inc()
         m.batch_size.observe(size)
         heartbeats: list[Heartbeat] = []
+        for plan in outcome.plans:
+            for agent_id, run, other in plan.clashes:
+                m.identity_clashes.inc()
+                security_log.warning(
+                    "identity clash: agent %s is heard from two runs at once (%s and %s):"
+                    " two machines share its agent_id (a cloned disk or a copied state dir?);"
+                    " both keep their samples, the agent is flagged until one goes quiet",
+                    agent_id,
+                    run,
+                    other,
+                    extra={"agent_id": str(agent_id)},
+                )
         observe_lag = m.lag_seconds.observe
         observe_offset = m.clock_offset_seconds.observe
         bounds = self.clock_bounds

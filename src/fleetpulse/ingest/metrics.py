@@ -73,6 +73,11 @@ class IngestMetrics:
             " (stored at the receive time, flagged)",
             registry=r,
         )
+        self.identity_clashes = Counter(
+            "fleetpulse_ingest_identity_clashes",
+            "Agents found heard from two runs at once (two machines with one agent_id)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "fleetpulse_ingest_queue_depth", "Messages ready in the ingest queue", registry=r
         )

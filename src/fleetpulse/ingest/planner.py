@@ -84,6 +84,10 @@ class Plan:
     rejected: list[Rejection] = field(default_factory=list)
     heartbeats: list[Decoded] = field(default_factory=list)
     goodbyes: int = 0
+    # (agent, the run now heard, the other run) for each identity clash that began here
+    clashes: list[tuple[uuid.UUID, uuid.UUID | None, uuid.UUID | None]] = field(
+        default_factory=list
+    )
 
 
 def _content_refusal(delivery: Delivery) -> MessageError | None:
@@ -208,11 +212,13 @@ def plan_batch(
     gpu_pool: str = "gpu",
     cpu_pool: str = "cpu",
     clock: ClockBounds | None = None,
+    clash_quiet_s: float = math.inf,
 ) -> Plan:
     """Who may write, which rows to store, which transitions to record, given the locked
     registry ``state`` of the batch's agents. Without ``clock`` every ``sampled_at`` is
     taken as it is and no clock is judged (ingest passes its settings)."""
     clock = clock or _UNBOUNDED
+    runs = {a: _Runs.of(s) for a, s in state.items()}
     principals: dict[uuid.UUID, str | None] = {a: s.principal for a, s in state.items()}
     rejected: list[Rejection] = []
     goodbyes: list[GoodbyeRow] = []
@@ -245,11 +251,27 @@ def plan_batch(
             samples.append(_sample_row(message, delivery, pool, when, skewed))
             gpus.extend(_gpu_rows(message, when))
             spells.see(message, delivery, pool, when)
+            runs.setdefault(message.agent_id, _Runs()).hear(
+                message, delivery.received_at, clash_quiet_s
+            )
     agents = sorted(spells.newest)
-    registry = [spells.registry_row(a, principals.get(a)) for a in agents]
+    registry = [spells.registry_row(a, principals.get(a), runs[a]) for a in agents]
     events = [e for a in agents for e in spells.events(a, state.get(a))]
+    clashes = [(a, runs[a]) for a in agents if runs[a].began]
+    events.extend(
+        EventRow(
+            agent_id=a,
+            at=r.clash_since or spells.first_received[a],
+            from_status="online",
+            to_status="online",
+            reason="identity_clash",
+        )
+        for a, r in clashes
+    )
     write = BatchWrite(samples, gpus, registry, events, goodbyes)
-    return Plan(write, rejected, accepted, len(goodbyes))
+    plan = Plan(write, rejected, accepted, len(goodbyes))
+    plan.clashes = [(a, r.current, r.other) for a, r in clashes]
+    return plan
 
 
 def _sample_row(
@@ -278,6 +300,7 @@ def _sample_row(
         gpu_vram_available_gb=metrics.gpu_vram_available_gb,
         errors=pg_text_array(metrics.errors),
         clock_skewed=skewed,
+        incarnation=message.incarnation or NO_INCARNATION,
     )
 
 
@@ -295,9 +318,70 @@ def _gpu_rows(message: Heartbeat, when: datetime) -> list[GpuRow]:
             temp_c=gpu.temp_c,
             power_w=gpu.power_w,
             error=gpu.error,
+            incarnation=message.incarnation or NO_INCARNATION,
         )
         for gpu in message.resource_metrics.gpus
     ]
+
+
+# What samples of an agent that sends no incarnation are stored under.
+NO_INCARNATION: Final = uuid.UUID(int=0)
+
+
+@dataclass(slots=True)
+class _Runs:
+    """The runs (incarnations) an agent is heard from. A run never seen before takes over
+    (a restart) and the one before becomes the *other*; the other heard again with a newer
+    ``seq`` means two machines send as one agent (a cloned disk, a copied state dir): an
+    identity clash, until the other has been quiet for ``quiet_s``."""
+
+    current: uuid.UUID | None = None
+    seq: int = 0
+    other: uuid.UUID | None = None
+    other_seq: int | None = None
+    other_seen: datetime | None = None
+    clash_since: datetime | None = None
+    began: bool = False  # the clash began in this batch
+
+    @classmethod
+    def of(cls, state: AgentState) -> _Runs:
+        return cls(
+            state.incarnation,
+            state.last_seq,
+            state.other_incarnation,
+            state.other_seq,
+            state.other_seen_at,
+            state.identity_clash_since,
+        )
+
+    def hear(self, message: Heartbeat, received: datetime, quiet_s: float) -> None:
+        run = message.incarnation
+        if run is None:
+            return
+        if self.current is None:
+            self.current, self.seq = run, message.seq
+        elif run == self.current:
+            self.seq = max(self.seq, message.seq)
+        elif run == self.other:
+            if self.other_seq is not None and message.seq <= self.other_seq:
+                return  # a late copy of what the other run sent before
+            if self.clash_since is None:
+                self.clash_since, self.began = received, True
+            self.current, self.seq, self.other, self.other_seq = (
+                run,
+                message.seq,
+                self.current,
+                self.seq,
+            )
+            self.other_seen = received
+            return
+        else:
+            self.other, self.other_seq, self.other_seen = self.current, self.seq, received
+            self.current, self.seq = run, message.seq
+            return
+        quiet = self.other_seen is None or (received - self.other_seen).total_seconds() > quiet_s
+        if self.clash_since is not None and quiet:
+            self.clash_since = None
 
 
 @dataclass(slots=True)
@@ -344,7 +428,7 @@ class _Spells:
         if received > self.last_received[agent_id]:
             self.last_received[agent_id] = received
 
-    def registry_row(self, agent_id: uuid.UUID, principal: str | None) -> RegistryRow:
+    def registry_row(self, agent_id: uuid.UUID, principal: str | None, runs: _Runs) -> RegistryRow:
         seen = self.newest[agent_id]
         message = seen.message
         metrics = message.resource_metrics
@@ -383,6 +467,10 @@ class _Spells:
             incarnation=message.incarnation,
             state_received_at=seen.received,
             clock_offset_s=clock_offset_s(message, seen.received),
+            other_incarnation=runs.other,
+            other_seq=runs.other_seq,
+            other_seen_at=runs.other_seen,
+            identity_clash_since=runs.clash_since,
         )
 
     def events(self, agent_id: uuid.UUID, before: AgentState | None) -> list[EventRow]:

@@ -100,6 +100,7 @@ class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     offered: bool = True
     withheld_reason: str | None = None
     clock_offset_s: float | None = None  # the agent's clock minus ingest's, last heard
+    identity_clash_since: datetime | None = None  # two machines send as this agent since
 
 
 class HostBucket(msgspec.Struct, frozen=True, kw_only=True):

@@ -77,6 +77,9 @@ class SampleRow(NamedTuple):
     # The agent's sampled_at lay outside what ingest accepts around the receive time: the
     # row is keyed at the receive time instead, and says so.
     clock_skewed: Bool
+    # The run of the agent (the nil UUID for agents that send none): two machines with one
+    # agent_id keep both their samples.
+    incarnation: Uuid
 
 
 class GpuRow(NamedTuple):
@@ -93,6 +96,7 @@ class GpuRow(NamedTuple):
     temp_c: Float8 | None
     power_w: Float8 | None
     error: Text | None
+    incarnation: Uuid
 
 
 class RegistryRow(NamedTuple):
@@ -128,6 +132,12 @@ class RegistryRow(NamedTuple):
     incarnation: Uuid | None
     state_received_at: Timestamptz  # when the message this state comes from was received
     clock_offset_s: Float8  # the agent's clock minus ingest's (sent_at - receive time)
+    # Identity clash (two machines with one agent_id): the other run heard lately, and
+    # since when both are heard interleaved. Written as planned, not by newest-wins.
+    other_incarnation: Uuid | None
+    other_seq: Int8 | None
+    other_seen_at: Timestamptz | None
+    identity_clash_since: Timestamptz | None
 
 
 class GoodbyeRow(NamedTuple):
@@ -162,6 +172,10 @@ class AgentState(NamedTuple):
     last_seq: int = 0
     state_received_at: datetime | None = None
     clock_offset_s: float | None = None
+    other_incarnation: uuid.UUID | None = None
+    other_seq: int | None = None
+    other_seen_at: datetime | None = None
+    identity_clash_since: datetime | None = None
 
 
 class BatchWrite(NamedTuple):

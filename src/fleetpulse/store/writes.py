@@ -92,10 +92,10 @@ _STAGE_DDL: Final = ";".join(
     )
 )
 _STAGED_SAMPLES: Final = _staged_insert(
-    "agent_samples", "fp_stage_samples", _SAMPLE, "agent_id, sampled_at"
+    "agent_samples", "fp_stage_samples", _SAMPLE, "agent_id, sampled_at, incarnation"
 )
 _STAGED_GPUS: Final = _staged_insert(
-    "gpu_samples", "fp_stage_gpus", _GPU, "agent_id, gpu_index, sampled_at"
+    "gpu_samples", "fp_stage_gpus", _GPU, "agent_id, gpu_index, sampled_at, incarnation"
 )
 
 # Where a registry row's field lands in agent_registry when the name there differs.
@@ -120,8 +120,11 @@ _NEWER: Final = (
 _REGISTRY_PLAIN: Final = [(n, pg) for n, pg in _REGISTRY if n != "first_received_at"]
 # Columns that follow the newest sample only; a late replay leaves them alone. The
 # heartbeat time only moves forward and a bound principal is never replaced.
+_CLASH: Final = ("other_incarnation", "other_seq", "other_seen_at", "identity_clash_since")
 _REGISTRY_LATEST: Final = [
-    (n, pg) for n, pg in _REGISTRY_PLAIN if n not in {"agent_id", "received_at", "principal"}
+    (n, pg)
+    for n, pg in _REGISTRY_PLAIN
+    if n not in {"agent_id", "received_at", "principal", *_CLASH}
 ]
 
 # DO NOTHING: an agent registered by a concurrent batch since our lock is not ours to
@@ -142,6 +145,7 @@ _STAGED_REGISTRY_UPDATE: Final = (
     " last_heartbeat_at = GREATEST(r.last_heartbeat_at, t.received_at),"
     " principal = COALESCE(r.principal, t.principal),"
     " updated_at = now(), "
+    + "".join(f"{n} = t.{n}, " for n in _CLASH)
     + ", ".join(
         f"{_REGISTRY_TARGET.get(n, n)} = CASE WHEN"
         f" {_NEWER.format(received='state_received_at', sampled='sampled_at')}"
@@ -186,7 +190,8 @@ _LOCK_NEW_SQL: Final = (
 )
 _LOCK_SQL: Final = (
     "SELECT agent_id, status, principal, last_sampled_at, offered, gpu_health, incarnation,"
-    " last_seq, state_received_at, clock_offset_s FROM agent_registry"
+    " last_seq, state_received_at, clock_offset_s, other_incarnation, other_seq, other_seen_at,"
+    " identity_clash_since FROM agent_registry"
     " WHERE agent_id = ANY(%s::uuid[]) ORDER BY agent_id FOR UPDATE"
 )
 
