@@ -53,23 +53,23 @@ async def test_a_heartbeat_a_year_ahead_freezes_nothing(db_url: str, amqp_url: s
     """One sample from a clock a year ahead, then correct ones: the registry follows the
     newer samples (by incarnation and seq), its age is never pushed into the future, and
     the goodbye still ends the spell."""
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, run = uuid.uuid4(), uuid.uuid4()
     async with running_ingest(bounded(db_url, amqp_url), clock=clock) as (_, rec, _d):
-        ahead = beat(agent, 1, clock.now + YEAR, run, hostname="rtc-wrong")
-        await publish(amqp_url, [msgspec.structs.replace(ahead, sent_at=clock.now + YEAR)])
+        ahead = beat(agent, 1, clock.now() + YEAR, run, hostname="rtc-wrong")
+        await publish(amqp_url, [msgspec.structs.replace(ahead, sent_at=clock.now() + YEAR)])
         await wait_until(lambda: rec.heartbeats == 1)
         seq, _host, _status, sampled, heard, offset = registry(db_url, agent)
         assert sampled <= heard  # an age from a clock the agent cannot push
         assert offset == pytest.approx(YEAR.total_seconds(), abs=1)
-        clock.advance(30)
-        await publish(amqp_url, [beat(agent, 2, clock.now, run, hostname="ntp-fixed")])
+        clock.advance_nowait(30)
+        await publish(amqp_url, [beat(agent, 2, clock.now(), run, hostname="ntp-fixed")])
         await wait_until(lambda: rec.heartbeats == 2)
         seq, host, status, sampled, heard, offset = registry(db_url, agent)
         assert (seq, host, status) == (2, "ntp-fixed", "online")
-        assert sampled == clock.now
+        assert sampled == clock.now()
         assert offset == pytest.approx(0, abs=1)
-        bye = msgspec.structs.replace(goodbye(agent, 3, sent_at=clock.now), incarnation=run)
+        bye = msgspec.structs.replace(goodbye(agent, 3, sent_at=clock.now()), incarnation=run)
         await publish(amqp_url, [bye])
         await wait_until(lambda: registry(db_url, agent)[2] == "offline")
     assert scalar(db_url, "SELECT count(*) FROM agent_samples WHERE agent_id = %s", agent) == 2
@@ -78,22 +78,22 @@ async def test_a_heartbeat_a_year_ahead_freezes_nothing(db_url: str, amqp_url: s
 async def test_sampled_at_is_bounded_around_the_receive_time(db_url: str, amqp_url: str) -> None:
     """Outside [receive - 24 h, receive + 5 min] a sample is stored at its receive time and
     flagged (no chunk in year 9999); within, at its own time (a spool replay)."""
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, run = uuid.uuid4(), uuid.uuid4()
     far = datetime(9999, 1, 1, tzinfo=UTC)
     async with running_ingest(bounded(db_url, amqp_url), clock=clock) as (ingest, rec, _d):
         received = []
         for seq, at in enumerate(
             [
-                clock.now - timedelta(hours=2),  # replayed from the spool
+                clock.now() - timedelta(hours=2),  # replayed from the spool
                 far,
-                clock.now - timedelta(days=3),
-                clock.now + timedelta(minutes=2),
+                clock.now() - timedelta(days=3),
+                clock.now() + timedelta(minutes=2),
             ],
             start=1,
         ):
-            clock.advance(1)
-            received.append(clock.now)
+            clock.advance_nowait(1)
+            received.append(clock.now())
             await publish(amqp_url, [beat(agent, seq, at, run)])
             await wait_until(lambda n=seq: rec.heartbeats == n)
         await wait_until(lambda: rec.heartbeats == 4)
@@ -117,19 +117,19 @@ async def test_sampled_at_is_bounded_around_the_receive_time(db_url: str, amqp_u
 async def test_a_replay_or_a_redelivery_never_regresses_the_registry(
     db_url: str, amqp_url: str
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with running_ingest(bounded(db_url, amqp_url), clock=clock) as (_, rec, _d):
-        await publish(amqp_url, [beat(agent, 5, clock.now, first, hostname="five")])
+        await publish(amqp_url, [beat(agent, 5, clock.now(), first, hostname="five")])
         await wait_until(lambda: rec.heartbeats == 1)
         # a redelivery of an older sample of the same run, with a later clock even
-        late = beat(agent, 3, clock.now + timedelta(minutes=4), first, hostname="three")
+        late = beat(agent, 3, clock.now() + timedelta(minutes=4), first, hostname="three")
         await publish(amqp_url, [late])
         await wait_until(lambda: rec.heartbeats == 2)
         assert registry(db_url, agent)[:2] == (5, "five")
         # the agent restarts with its state lost: a new run, seq from 0, an earlier clock
-        clock.advance(10)
-        restarted = beat(agent, 0, clock.now - timedelta(hours=1), second, hostname="new-run")
+        clock.advance_nowait(10)
+        restarted = beat(agent, 0, clock.now() - timedelta(hours=1), second, hostname="new-run")
         await publish(amqp_url, [restarted])
         await wait_until(lambda: rec.heartbeats == 3)
         assert registry(db_url, agent)[:2] == (0, "new-run")
@@ -140,28 +140,28 @@ async def test_an_old_agent_without_incarnation_still_works_with_bounded_time(
 ) -> None:
     """Older agents send no incarnation: their samples order by sampled_at, which ingest
     bounds, so one far-future sample cannot freeze them either."""
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent = uuid.uuid4()
     async with running_ingest(bounded(db_url, amqp_url), clock=clock) as (_, rec, _d):
-        await publish(amqp_url, [beat(agent, 1, clock.now + YEAR, None, hostname="ahead")])
+        await publish(amqp_url, [beat(agent, 1, clock.now() + YEAR, None, hostname="ahead")])
         await wait_until(lambda: rec.heartbeats == 1)
-        clock.advance(30)
-        await publish(amqp_url, [beat(agent, 2, clock.now, None, hostname="fixed")])
+        clock.advance_nowait(30)
+        await publish(amqp_url, [beat(agent, 2, clock.now(), None, hostname="fixed")])
         await wait_until(lambda: rec.heartbeats == 2)
     assert registry(db_url, agent)[:2] == (2, "fixed")
 
 
 async def test_skew_is_visible_as_an_event_and_in_the_row(db_url: str, amqp_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, run = uuid.uuid4(), uuid.uuid4()
     async with running_ingest(bounded(db_url, amqp_url), clock=clock) as (ingest, rec, _d):
-        await publish(amqp_url, [beat(agent, 1, clock.now, run)])
+        await publish(amqp_url, [beat(agent, 1, clock.now(), run)])
         await wait_until(lambda: rec.heartbeats == 1)
-        ahead = clock.now + timedelta(minutes=10)
-        skewed = msgspec.structs.replace(beat(agent, 2, clock.now, run), sent_at=ahead)
+        ahead = clock.now() + timedelta(minutes=10)
+        skewed = msgspec.structs.replace(beat(agent, 2, clock.now(), run), sent_at=ahead)
         await publish(amqp_url, [skewed])
         await wait_until(lambda: rec.heartbeats == 2)
-        again = msgspec.structs.replace(beat(agent, 3, clock.now, run), sent_at=ahead)
+        again = msgspec.structs.replace(beat(agent, 3, clock.now(), run), sent_at=ahead)
         await publish(amqp_url, [again])
         await wait_until(lambda: rec.heartbeats == 3)
         histogram = ingest.metrics.clock_offset_seconds

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -51,24 +51,24 @@ async def test_two_machines_with_one_agent_id_are_flagged_and_both_kept(
     Their heartbeats interleave: detected once, logged once, an event, the row flagged, and
     every sample of both kept. Once one machine is quiet for offline_after_s, the flag goes."""
     caplog.set_level(logging.WARNING, logger="fleetpulse.security")
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, left, right = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (ingest, rec, _d):
         for seq in range(1, 5):
-            at = clock.now
+            at = clock.now()
             await publish(
                 amqp_url, [beat(agent, seq, at, left, "ws-a"), beat(agent, seq, at, right, "ws-b")]
             )
             await wait_until(lambda n=seq: rec.heartbeats == 2 * n)
-            clock.advance(30)
+            clock.advance_nowait(30)
         assert clash_since(db_url, agent) is not None
         assert ingest.metrics.identity_clashes._value.get() == 1
         # the other machine goes away; the flag stays until it has been quiet long enough
-        await publish(amqp_url, [beat(agent, 5, clock.now, left, "ws-a")])
+        await publish(amqp_url, [beat(agent, 5, clock.now(), left, "ws-a")])
         await wait_until(lambda: rec.heartbeats == 9)
         assert clash_since(db_url, agent) is not None
-        clock.advance(120)
-        await publish(amqp_url, [beat(agent, 6, clock.now, left, "ws-a")])
+        clock.advance_nowait(120)
+        await publish(amqp_url, [beat(agent, 6, clock.now(), left, "ws-a")])
         await wait_until(lambda: rec.heartbeats == 10)
         assert clash_since(db_url, agent) is None
     assert scalar(db_url, "SELECT count(*) FROM agent_samples WHERE agent_id = %s", agent) == 10
@@ -86,13 +86,13 @@ async def test_two_machines_with_one_agent_id_are_flagged_and_both_kept(
 async def test_a_restart_is_not_a_clash(db_url: str, amqp_url: str) -> None:
     """A new run taking over (a restart), with the old run's spool replayed before it, and
     a late copy of the old run's last heartbeat: no clash."""
-    clock = FakeClock()
+    clock = FakeClock(start=datetime.now(UTC))
     agent, before, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (_, rec, _d):
-        await publish(amqp_url, [beat(agent, n, clock.now, before, "ws") for n in (1, 2, 3)])
-        clock.advance(30)
-        await publish(amqp_url, [beat(agent, 4, clock.now, after, "ws")])
-        await publish(amqp_url, [beat(agent, 3, clock.now, before, "ws")])  # redelivered
+        await publish(amqp_url, [beat(agent, n, clock.now(), before, "ws") for n in (1, 2, 3)])
+        clock.advance_nowait(30)
+        await publish(amqp_url, [beat(agent, 4, clock.now(), after, "ws")])
+        await publish(amqp_url, [beat(agent, 3, clock.now(), before, "ws")])  # redelivered
         await wait_until(lambda: rec.heartbeats == 5)
     assert clash_since(db_url, agent) is None
     assert reasons(db_url, agent) == ["first_heartbeat"]
