@@ -250,10 +250,10 @@ def plan_batch(
             when = delivery.received_at if skewed else message.sampled_at
             samples.append(_sample_row(message, delivery, pool, when, skewed))
             gpus.extend(_gpu_rows(message, when))
-            spells.see(message, delivery, pool, when)
-            runs.setdefault(message.agent_id, _Runs()).hear(
+            late = runs.setdefault(message.agent_id, _Runs()).hear(
                 message, delivery.received_at, clash_quiet_s
             )
+            spells.see(message, delivery, pool, when, late=late)
     agents = sorted(spells.newest)
     registry = [spells.registry_row(a, principals.get(a), runs[a]) for a in agents]
     events = [e for a in agents for e in spells.events(a, state.get(a))]
@@ -354,17 +354,19 @@ class _Runs:
             state.identity_clash_since,
         )
 
-    def hear(self, message: Heartbeat, received: datetime, quiet_s: float) -> None:
+    def hear(self, message: Heartbeat, received: datetime, quiet_s: float) -> bool:
+        """Note the message's run; True if it is a late copy of what the run before sent
+        (it takes no state)."""
         run = message.incarnation
         if run is None:
-            return
+            return False
         if self.current is None:
             self.current, self.seq = run, message.seq
         elif run == self.current:
             self.seq = max(self.seq, message.seq)
         elif run == self.other:
             if self.other_seq is not None and message.seq <= self.other_seq:
-                return  # a late copy of what the other run sent before
+                return True  # a late copy of what the other run sent before
             if self.clash_since is None:
                 self.clash_since, self.began = received, True
             self.current, self.seq, self.other, self.other_seq = (
@@ -374,14 +376,15 @@ class _Runs:
                 self.seq,
             )
             self.other_seen = received
-            return
+            return False
         else:
             self.other, self.other_seq, self.other_seen = self.current, self.seq, received
             self.current, self.seq = run, message.seq
-            return
+            return False
         quiet = self.other_seen is None or (received - self.other_seen).total_seconds() > quiet_s
         if self.clash_since is not None and quiet:
             self.clash_since = None
+        return False
 
 
 @dataclass(slots=True)
@@ -413,7 +416,9 @@ class _Spells:
     first_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
     last_received: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
-    def see(self, message: Heartbeat, delivery: Delivery, pool: str, when: datetime) -> None:
+    def see(
+        self, message: Heartbeat, delivery: Delivery, pool: str, when: datetime, *, late: bool
+    ) -> None:
         agent_id, received = message.agent_id, delivery.received_at
         incoming = _Seen(message, pool, received, when)
         seen = self.newest.get(agent_id)
@@ -421,7 +426,7 @@ class _Spells:
             self.newest[agent_id] = incoming
             self.first_received[agent_id] = self.last_received[agent_id] = received
             return
-        if newer(incoming, seen):
+        if not late and newer(incoming, seen):
             self.newest[agent_id] = incoming
         if received < self.first_received[agent_id]:
             self.first_received[agent_id] = received

@@ -114,7 +114,9 @@ _NEWER: Final = (
     "(r.last_sampled_at IS NULL"
     " OR (t.incarnation = r.incarnation AND t.seq > r.last_seq)"
     " OR (t.incarnation IS DISTINCT FROM r.incarnation"
-    " AND t.{received} >= COALESCE(r.state_received_at, r.last_heartbeat_at))"
+    " AND t.{received} >= COALESCE(r.state_received_at, r.last_heartbeat_at)"
+    # a late copy of what the run before sent (a redelivery after a restart) is not newer
+    " AND NOT COALESCE(t.incarnation = r.other_incarnation AND t.seq <= r.other_seq, false))"
     " OR (t.incarnation IS NULL AND r.incarnation IS NULL AND t.{sampled} > r.last_sampled_at))"
 )
 _REGISTRY_PLAIN: Final = [(n, pg) for n, pg in _REGISTRY if n != "first_received_at"]
