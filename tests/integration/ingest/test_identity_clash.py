@@ -90,8 +90,10 @@ async def test_a_restart_is_not_a_clash(db_url: str, amqp_url: str) -> None:
     agent, before, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with running_ingest(settings_for(db_url, amqp_url), clock=clock) as (_, rec, _d):
         await publish(amqp_url, [beat(agent, n, clock.now(), before, "ws") for n in (1, 2, 3)])
+        await wait_until(lambda: rec.heartbeats == 3)
         clock.advance_nowait(30)
         await publish(amqp_url, [beat(agent, 4, clock.now(), after, "ws")])
+        await wait_until(lambda: rec.heartbeats == 4)
         await publish(amqp_url, [beat(agent, 3, clock.now(), before, "ws")])  # redelivered
         await wait_until(lambda: rec.heartbeats == 5)
     assert clash_since(db_url, agent) is None
