@@ -79,8 +79,7 @@ GOLDEN_ROW = (
     b'"vram_total_gb":24.0,"vram_free_gb":8.0,"util_pct":null,"temp_c":null,"power_w":null,'
     b'"error":null},{"index":1,"uuid":"","name":"RTX","vram_total_gb":24.0,"vram_free_gb":3.0,'
     b'"util_pct":null,"temp_c":null,"power_w":null,"error":"Xid"}],"errors":[],'
-    b'"reliability_30d":0.25,"clock_offset_s":null,'
-    b'"identity_clash_since":null},{"sample_age_s":null,"matching_gpus":[]'
+    b'"reliability_30d":0.25},{"sample_age_s":null,"matching_gpus":[]'
 )
 
 

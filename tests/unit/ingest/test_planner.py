@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from fleetpulse.ingest import Decoded, Delivery, decode_batch, plan_batch
-from fleetpulse.ingest.planner import pg_text_array
+from fleetpulse.ingest.planner import NO_INCARNATION, pg_text_array
 from fleetpulse.messages import (
     AgentStats,
     GpuMetrics,
@@ -260,6 +260,8 @@ def test_a_sample_row_carries_every_value_the_agent_reported() -> None:
             cpu_load_15m=1.25,
             **WORKSTATION_ROW,
             errors='{"gpu 0: GPU is lost","say \\"hi\\""}',
+            clock_skewed=False,
+            incarnation=NO_INCARNATION,  # an agent that sends none
         )
     ]
 
@@ -268,9 +270,22 @@ def test_each_gpu_gets_a_row_with_its_own_values_failed_ones_included() -> None:
     plan = plan_batch(decoded(workstation(11, at_s=5, hostname="ws-9")), {})
     at = T0 + timedelta(seconds=5)
     assert plan.write.gpus == [
-        GpuRow(WS, at, 1, "GPU-aaaa", "RTX A4000", 16.0, 11.5, 42.0, 61.0, 88.5, None),
         GpuRow(
-            WS, at, 0, "GPU-bbbb", "RTX A2000", 0.0, 0.0, None, None, None, "gpu 0: GPU is lost"
+            WS, at, 1, "GPU-aaaa", "RTX A4000", 16.0, 11.5, 42.0, 61.0, 88.5, None, NO_INCARNATION
+        ),
+        GpuRow(
+            WS,
+            at,
+            0,
+            "GPU-bbbb",
+            "RTX A2000",
+            0.0,
+            0.0,
+            None,
+            None,
+            None,
+            "gpu 0: GPU is lost",
+            NO_INCARNATION,
         ),
     ]
 
@@ -310,6 +325,13 @@ def test_the_registry_row_carries_the_newest_heartbeat_and_the_agents_own_stats(
         offered=True,
         withheld_reason=None,
         gpu_health='{"GPU-bbbb":"failed"}',
+        incarnation=None,
+        state_received_at=T0 + timedelta(seconds=9),
+        clock_offset_s=-2.0,  # sent_at 1 s after sampled_at 6 s, received at 9 s
+        other_incarnation=None,
+        other_seq=None,
+        other_seen_at=None,
+        identity_clash_since=None,
     )
     assert msgspec.json.decode(row.resource_metrics, type=ResourceMetrics) == (
         newest.resource_metrics
@@ -405,7 +427,11 @@ def test_a_goodbye_becomes_a_goodbye_row_and_nothing_else() -> None:
     plan = plan_batch([item], {A: AgentState("online", "alice", T0)})
     assert plan.write.goodbyes == [
         GoodbyeRow(
-            agent_id=A, sent_at=T0 + timedelta(seconds=50), received_at=item.delivery.received_at
+            agent_id=A,
+            sent_at=T0 + timedelta(seconds=50),
+            received_at=item.delivery.received_at,
+            incarnation=None,
+            seq=bye.seq,
         )
     ]
     assert plan.goodbyes == 1
