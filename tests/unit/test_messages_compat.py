@@ -44,7 +44,9 @@ def new_heartbeat() -> Heartbeat:
         offered=False,
         withheld_reason="user_active",
     )
-    return msgspec.structs.replace(hb, resource_metrics=metrics, presence=presence)
+    return msgspec.structs.replace(
+        hb, resource_metrics=metrics, presence=presence, incarnation=uuid.uuid4()
+    )
 
 
 def test_an_older_agents_heartbeat_reads_as_offered_with_unknown_health() -> None:
@@ -61,11 +63,13 @@ def test_a_newer_agents_heartbeat_reads_with_the_older_contract() -> None:
     body = encode(hb)
     assert b'"presence"' in body
     assert b'"health":"degraded"' in body
+    assert b'"incarnation"' in body
     seen = old.decode(body)  # what an ingest from before presence and health makes of it
     assert isinstance(seen, old.Heartbeat)
     assert seen.agent_id == hb.agent_id
     assert [g.uuid for g in seen.resource_metrics.gpus] == ["GPU-1", "GPU-2"]
     assert not hasattr(seen, "presence")
+    assert not hasattr(seen, "incarnation")
     assert decode(body) == hb  # and the new contract round-trips it
 
 
@@ -109,6 +113,7 @@ def test_the_older_contract_is_the_one_v1_0_shipped() -> None:
         " gpu_vram_available_gb gpus errors",
         old.Heartbeat: "schema_version agent_id seq sampled_at sent_at hostname agent_version"
         " resource_metrics pool work_status agent_stats",
+        old.Goodbye: "schema_version agent_id seq sent_at hostname agent_version pool",
     }
     for struct, names in shipped.items():
         assert [f.name for f in msgspec.structs.fields(struct)] == names.split()

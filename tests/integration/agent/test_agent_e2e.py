@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
+import msgspec
 import pytest
 
 from fleetpulse.agent import (
@@ -297,10 +298,19 @@ async def test_agent_id_and_seq_survive_a_restart(
         await inbox.wait_heartbeats(1)
     async with running(fake_agent(amqp_url, tmp_path, clock)) as second:
         await inbox.wait_heartbeats(2)
-    assert first.identity == second.identity
-    assert (tmp_path / "agent_id").read_text().strip() == str(first.identity.agent_id)  # type: ignore[union-attr]
+    assert first.identity is not None
+    assert second.identity is not None
+    # the same agent, in a new run: only the incarnation is drawn again at start
+    assert second.identity.incarnation != first.identity.incarnation
+    same_run = msgspec.structs.replace(first.identity, incarnation=second.identity.incarnation)
+    assert same_run == second.identity
+    assert (tmp_path / "agent_id").read_text().strip() == str(first.identity.agent_id)
     # seq 1 went to the first run's goodbye
     assert [b.seq for b in inbox.heartbeats] == [0, 2]
+    assert [b.incarnation for b in inbox.heartbeats] == [
+        first.identity.incarnation,
+        second.identity.incarnation,
+    ]
 
 
 async def test_two_agents_cannot_share_a_state_dir(amqp_url: str, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 
 from fleetpulse.agent import Agent, FakeClock, FakeHostCollector, GpuCollector, HostCollector
@@ -264,7 +265,15 @@ async def test_a_restart_with_a_full_spool_delivers_it_first(
     )
     async with running(second):
         beats = await inbox.wait_heartbeats(4)
-    assert first.identity == second.identity
+    assert first.identity is not None
+    assert second.identity is not None
+    # the same agent in a new run; the spooled samples keep the run that took them
+    assert second.identity.incarnation != first.identity.incarnation
+    same_run = msgspec.structs.replace(first.identity, incarnation=second.identity.incarnation)
+    assert same_run == second.identity
+    assert [b.incarnation for b in beats] == [first.identity.incarnation] * 3 + [
+        second.identity.incarnation
+    ]
     assert [b.sampled_at for b in beats[:3]] == sampled
     assert [b.seq for b in beats] == [0, 1, 2, 4]  # seq 3 went to the undelivered goodbye
     assert beats[3].sampled_at == clock.now()

@@ -74,7 +74,8 @@ async def test_withheld_machines_and_degraded_gpus_are_not_capacity(
 ) -> None:
     offered, withheld, sick = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     settings = settings_for(db_url, amqp_url)
-    async with running_ingest(settings, clock=FakeClock()) as (_, rec, _d):
+    clock = FakeClock()  # ingest's receive times; the beats are sampled at T0 + seq
+    async with running_ingest(settings, clock=clock) as (_, rec, _d):
         await publish(
             amqp_url,
             [
@@ -113,6 +114,9 @@ async def test_withheld_machines_and_degraded_gpus_are_not_capacity(
                 async for line in lines_open:
                     if line.startswith(":"):
                         break
+                # Received later than the first beats, as time goes on: an agent that sends
+                # no incarnation is ordered by its sample time bounded by the receive time.
+                clock.advance_nowait(5.0)
                 await publish(amqp_url, [beat(withheld, 2, IDLE)])  # the owner walked away
                 await wait_until(lambda: rec.heartbeats == 4)
                 (event,) = await read_events(lines_open, 1, timeout_s=10)

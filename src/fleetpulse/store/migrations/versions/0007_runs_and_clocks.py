@@ -1,6 +1,6 @@
 """Trustworthy answers (issue 11, parts 2 and 3): an agent's clock orders nothing and is
-watched; two machines with one agent_id are told apart. (A second migration of issue 11:
-0006 landed first with the watermarks alone; the lead decides whether it may land.)
+watched; two machines with one agent_id are told apart. (Issue 11's second migration:
+0006 brought part 1's watermarks alone.)
 
 - ``agent_registry``: ``incarnation`` (the run of the agent whose state the row holds: with
   ``last_seq`` it orders samples, receive order between runs), ``state_received_at`` (the
@@ -28,7 +28,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-# The reasons as 0005 (presence and GPU health) left them.
+# The reasons as 0005 (presence and GPU health) left them; 0006 kept them.
 _REASONS = (
     "first_heartbeat",
     "heartbeat",
