@@ -39,16 +39,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
+def bench_database(admin_url: str = DB_ADMIN_URL) -> Iterator[str]:
+    """A fresh, migrated database on the server of ``admin_url``, dropped afterwards."""
     name = f"fleetpulse_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(DB_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = urlunsplit(urlsplit(DB_ADMIN_URL)._replace(path=f"/{name}"))
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
     try:
         store.upgrade(url)
         yield url
     finally:
-        with psycopg.connect(DB_ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )

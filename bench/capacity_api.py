@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -40,7 +41,8 @@ from urllib.parse import urlencode
 import httpx
 import psycopg
 from litestar import MediaType, Response, get
-from psycopg import sql
+
+from _common import bench_database  # type: ignore[import-not-found]
 
 # The SQL reference of the capacity query lives with the tests that check the index against
 # it (tests/fixtures/capacity_reference.py): the repository root goes on the path for it.
@@ -330,15 +332,11 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print(json.dumps({"error": "wrk not found; apt-get install -y wrk"}))
         return 1
-    from fleetpulse import store
 
-    name = f"fleetpulse_bench_{os.getpid()}"
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    databases = contextlib.ExitStack()
+    url = databases.enter_context(bench_database(ADMIN_URL))
     server: subprocess.Popen[bytes] | None = None
     try:
-        store.upgrade(url)
         started = time.perf_counter()
         seeded_at = time.time()
         seed(url, args.agents)
@@ -428,10 +426,7 @@ def main() -> int:
         if server is not None:
             server.terminate()
             server.wait(timeout=20)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        databases.close()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Every figure is the median over ``--runs`` runs; the database is dropped at the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -35,8 +36,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
-from psycopg import sql
 
+from _common import bench_database  # type: ignore[import-not-found]
 from capacity_api import ADMIN_URL, cpu_s, free_port, seed  # type: ignore[import-not-found]
 
 CAPACITY_QUERY = "min_gpu_vram_gb=8&limit=20"
@@ -147,16 +148,12 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print(json.dumps({"error": "wrk not found; apt-get install -y wrk"}))
         return 1
-    from fleetpulse import store
 
-    name = f"fleetpulse_bench_{os.getpid()}"
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    databases = contextlib.ExitStack()
+    url = databases.enter_context(bench_database(ADMIN_URL))
     server: subprocess.Popen[bytes] | None = None
     script = claim_script()
     try:
-        store.upgrade(url)
         started = time.perf_counter()
         seed(url, args.agents)
         held_agents = seed_claims(url, args.claims)
@@ -226,10 +223,7 @@ def main() -> int:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        databases.close()
 
 
 if __name__ == "__main__":
